@@ -109,7 +109,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
         hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
         return f"unknown field {', '.join(repr(k) for k in extra)}{hint}"
     description = error.schema.get("description") if isinstance(error.schema, dict) else None
-    if v in ("oneOf", "anyOf", "pattern") and description:
+    if v in ("oneOf", "anyOf", "pattern", "not") and description:
         return f"expected {description}, got {shown}"
     if v == "enum":
         return f"expected one of {', '.join(map(str, expected))}; got {shown}"
