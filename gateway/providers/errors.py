@@ -84,8 +84,15 @@ class UpstreamError(Exception):
 
     @property
     def client_status(self) -> int:
-        if self.kind in (ErrorKind.BAD_REQUEST, ErrorKind.NOT_FOUND) and self.status:
-            return self.status if 400 <= self.status < 500 else CLIENT_STATUS[self.kind]
+        """Upstream statuses pass through (a drop-in client expects them), except that an
+        upstream auth failure is the gateway's problem (502, not the client's 401) and
+        Anthropic's non-standard 529 becomes 503."""
+        if self.kind is ErrorKind.AUTH:
+            return 502
+        if self.status == 529:
+            return 503
+        if self.status is not None and 400 <= self.status <= 599:
+            return self.status
         return CLIENT_STATUS[self.kind]
 
 

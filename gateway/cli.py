@@ -1,0 +1,95 @@
+"""`gateway serve | check | simulate`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from .config import ConfigError, GatewayConfig, load_config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "simulate":
+        from .simulate import main as simulate_main
+
+        return simulate_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="gateway", description="OpenAI-compatible LLM routing gateway.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway")
+    _config_argument(serve)
+    serve.add_argument("--host", help="bind address (default from config, else 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default from config, else 8080)")
+    serve.add_argument("--workers", type=int, help="worker processes sharing the port (default 1)")
+    serve.add_argument("--log-level", default=os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
+    check = commands.add_parser("check", help="validate the config, catalog and policy, then exit")
+    _config_argument(check)
+    commands.add_parser("simulate", help="run a fake OpenAI/Anthropic/Gemini upstream (see `gateway simulate --help`)")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _check(args)
+
+
+def _config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", default=os.environ.get("GATEWAY_CONFIG"), help="YAML config file (default: $GATEWAY_CONFIG, else built-in defaults)"
+    )
+
+
+def _load(path: str | None) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        _fail("the gateway configuration is invalid", error.problems)
+        raise SystemExit(2) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .app import create_app
+    from .runtime import build_snapshot
+    from .server import configure_logging, run
+
+    configure_logging(args.log_level)
+    config = _load(args.config)
+    try:
+        build_snapshot(config, os.environ)  # fail before binding, not in every worker
+    except Exception as error:  # noqa: BLE001 - reported as one screen below
+        _fail("the catalog or policy is invalid", str(error).splitlines())
+        return 2
+    host = args.host or config.server.host
+    port = config.server.port if args.port is None else args.port
+    workers = args.workers or config.server.workers
+    if workers < 1:
+        _fail("invalid --workers", [f"--workers must be at least 1, got {workers}"])
+        return 2
+    return run(lambda: create_app(config), host, port, workers, config.server.shutdown_timeout_s)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .catalog import default_catalog_path
+    from .policy import check, default_policy_path
+
+    config = _load(args.config)
+    catalog_path = config.catalog_path or str(default_catalog_path())
+    policy_path = config.policy_path or str(default_policy_path())
+    problems = check(catalog_path, policy_path)
+    if problems:
+        _fail("check failed", problems)
+        return 1
+    print(f"ok: config {config.source}, catalog {catalog_path}, policy {policy_path}")
+    return 0
+
+
+def _fail(title: str, problems: Sequence[str]) -> None:
+    print(f"gateway: {title}:", file=sys.stderr)
+    for problem in problems[:40]:
+        print(f"  - {problem}", file=sys.stderr)
+    if len(problems) > 40:
+        print(f"  ... and {len(problems) - 40} more", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

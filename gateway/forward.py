@@ -1,0 +1,421 @@
+"""Execute a route plan: attempts, retries, failover, streaming continuation.
+
+Decisions are made from the normalized `UpstreamError` taxonomy only. Every attempt is
+recorded so the client (x-gateway-attempts), the decision log and the trace can show the
+exact failover path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence, TypeVar
+
+from .providers.base import Deployment, ProviderAdapter, SSEDecoder, StreamTranslator
+from .providers.errors import ErrorKind, UpstreamError
+from .upstream import Timeouts, UpstreamClient
+
+T = TypeVar("T")
+
+CONTINUATION_INSTRUCTION = (
+    "Your previous message was cut off by a network failure. Continue it exactly from the "
+    "point where it stops, without repeating any of it and without commenting on the interruption."
+)
+
+
+@dataclass
+class AttemptRecord:
+    model: str
+    provider: str
+    outcome: str  # "ok" or an ErrorKind value
+    duration_ms: float
+    status: int | None = None
+    retry: int = 0  # 0 for the first try on this deployment
+    continuation: bool = False
+
+    def header_token(self) -> str:
+        suffix = "+cont" if self.continuation else ""
+        return f"{self.provider}/{self.model}:{self.outcome}{suffix}:{self.duration_ms:.0f}ms"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 1  # extra tries on the same deployment for transient errors
+    backoff_base_s: float = 0.05
+    backoff_max_s: float = 2.0
+    max_retry_after_s: float = 10.0  # a longer retry-after means: go to the next candidate
+
+
+class AllAttemptsFailed(Exception):
+    def __init__(self, error: UpstreamError, attempts: list[AttemptRecord]) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.attempts = attempts
+
+
+@dataclass
+class CompletionResult:
+    response: dict[str, Any]
+    deployment: Deployment
+    attempts: list[AttemptRecord]
+
+
+AttemptObserver = Callable[[Deployment, AttemptRecord, UpstreamError | None], None]
+
+
+def _noop_observer(deployment: Deployment, record: AttemptRecord, error: UpstreamError | None) -> None:
+    return None
+
+
+class Forwarder:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        adapters: Mapping[str, ProviderAdapter],
+        timeouts: Timeouts,
+        retry: RetryPolicy = RetryPolicy(),
+        observer: AttemptObserver = _noop_observer,
+    ) -> None:
+        self._client = client
+        self._adapters = adapters
+        self._timeouts = timeouts
+        self._retry = retry
+        self._observer = observer
+
+    def adapter(self, deployment: Deployment) -> ProviderAdapter:
+        return self._adapters[deployment.api]
+
+    async def complete(
+        self, body: Mapping[str, Any], deployments: Sequence[Deployment], deadline: float
+    ) -> CompletionResult:
+        attempts: list[AttemptRecord] = []
+
+        async def once(deployment: Deployment) -> dict[str, Any]:
+            adapter = self.adapter(deployment)
+            request = adapter.build_request(body, deployment, stream=False)
+            response = await self._client.open(request, self._timeouts, _remaining(deadline))
+            data = await self._client.read_body(response, _remaining(deadline))
+            if response.status >= 300:
+                raise adapter.map_error(response.status, response.headers, data)
+            return adapter.parse_response(data, deployment)
+
+        deployment, response = await self.run_attempts(deployments, deadline, attempts, once)
+        return CompletionResult(response, deployment, attempts)
+
+    async def open_stream(
+        self,
+        body: Mapping[str, Any],
+        deployments: Sequence[Deployment],
+        deadline: float,
+        *,
+        allow_continuation: bool = True,
+    ) -> "UpstreamStream":
+        """Try candidates until one stream yields its first chunk; failures before it are invisible."""
+        attempts: list[AttemptRecord] = []
+        stream = UpstreamStream(self, body, list(deployments), deadline, attempts, allow_continuation)
+
+        async def once(deployment: Deployment) -> None:
+            await stream.start(deployment)
+
+        await self.run_attempts(deployments, deadline, attempts, once)
+        return stream
+
+    async def run_attempts(
+        self,
+        deployments: Sequence[Deployment],
+        deadline: float,
+        attempts: list[AttemptRecord],
+        once: Callable[[Deployment], Awaitable[T]],
+        *,
+        continuation: bool = False,
+    ) -> tuple[Deployment, T]:
+        """Try each deployment in order (with retries for transient errors) until one succeeds."""
+        last_error: UpstreamError | None = None
+        for deployment in deployments:
+            retry = 0
+            while True:
+                started = time.perf_counter()
+                try:
+                    result = await once(deployment)
+                except UpstreamError as error:
+                    record = self._record(
+                        attempts, deployment, error.kind.value, started, error.status, retry, continuation
+                    )
+                    self._observer(deployment, record, error)
+                    last_error = _prefer(last_error, error)
+                    if not error.failover:
+                        raise AllAttemptsFailed(error, attempts) from None
+                    delay = self._retry_delay(error, retry, deadline)
+                    if delay is None:
+                        break
+                    retry += 1
+                    await asyncio.sleep(delay)
+                    continue
+                record = self._record(attempts, deployment, "ok", started, 200, retry, continuation)
+                self._observer(deployment, record, None)
+                return deployment, result
+            if _remaining(deadline) <= 0:
+                break
+        if last_error is None:
+            last_error = UpstreamError(ErrorKind.SERVER_ERROR, "No deployment could be tried for this request.")
+        if _remaining(deadline) <= 0 and last_error.kind is not ErrorKind.TIMEOUT:
+            last_error = UpstreamError(
+                ErrorKind.TIMEOUT, f"The request deadline passed after {len(attempts)} attempt(s); last error: {last_error.message}"
+            )
+        raise AllAttemptsFailed(last_error, attempts)
+
+    def _retry_delay(self, error: UpstreamError, retry: int, deadline: float) -> float | None:
+        if not error.retryable or retry >= self._retry.max_retries:
+            return None
+        if error.retry_after is not None:
+            if error.retry_after > self._retry.max_retry_after_s:
+                return None
+            delay = error.retry_after
+        else:
+            cap = min(self._retry.backoff_max_s, self._retry.backoff_base_s * (2**retry))
+            delay = random.uniform(cap / 2, cap)  # jitter spreads retries of many clients
+        # Leave room for the retry itself; otherwise the next candidate is the better use.
+        return delay if delay + 0.05 < _remaining(deadline) else None
+
+    @staticmethod
+    def _record(
+        attempts: list[AttemptRecord],
+        deployment: Deployment,
+        outcome: str,
+        started: float,
+        status: int | None,
+        retry: int,
+        continuation: bool = False,
+    ) -> AttemptRecord:
+        record = AttemptRecord(
+            model=deployment.model,
+            provider=deployment.provider,
+            outcome=outcome,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            status=status,
+            retry=retry,
+            continuation=continuation,
+        )
+        attempts.append(record)
+        return record
+
+
+def _remaining(deadline: float) -> float:
+    return deadline - asyncio.get_running_loop().time()
+
+
+def _prefer(previous: UpstreamError | None, current: UpstreamError) -> UpstreamError:
+    """The error to report if everything fails: the latest, but keep the shortest retry-after."""
+    if previous is not None and previous.retry_after is not None:
+        if current.retry_after is None or previous.retry_after < current.retry_after:
+            current.retry_after = previous.retry_after
+    return current
+
+
+@dataclass
+class Segment:
+    """The part of one streamed answer that one deployment produced."""
+
+    deployment: Deployment
+    usage: dict[str, Any] | None = None  # as the upstream reported it, if it did
+    text_chars: int = 0  # content characters produced, to estimate usage when none came
+
+
+class StreamBroken(Exception):
+    """The stream failed after bytes reached the client and could not be continued."""
+
+    def __init__(self, error: UpstreamError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class UpstreamStream:
+    """One logical answer stream, possibly stitched from several upstream streams.
+
+    `start` opens a stream on one deployment and reads up to its first chunk, so a
+    failure before that is a plain failed attempt. `chunks` yields OpenAI chunk dicts; if
+    the upstream breaks mid-answer, it asks the next candidate to continue the partial
+    text and splices the continuation into the same stream, keeping the first `id`.
+    """
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        body: Mapping[str, Any],
+        deployments: list[Deployment],
+        deadline: float,
+        attempts: list[AttemptRecord],
+        allow_continuation: bool,
+    ) -> None:
+        self._forwarder = forwarder
+        self._client_body = body
+        self._deployments = deployments
+        self._deadline = deadline
+        self.attempts = attempts
+        self._allow_continuation = allow_continuation
+        self.client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        # Always ask for usage upstream: it is what settles the spend exactly.
+        self._upstream_body = {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+        self.segments: list[Segment] = []
+        self.deployment: Deployment | None = None
+        self.text: list[str] = []  # content of choice 0 sent so far
+        self.finish_reason: str | None = None
+        self._saw_tool_calls = False
+        self._stream_id: str | None = None
+        self._pending: list[dict[str, Any]] = []
+        self._translator: StreamTranslator | None = None
+        self._decoder = SSEDecoder()
+        self._raw: AsyncIterator[bytes] | None = None
+
+    async def start(self, deployment: Deployment, body: Mapping[str, Any] | None = None) -> None:
+        adapter = self._forwarder.adapter(deployment)
+        client = self._forwarder._client
+        request = adapter.build_request(body or self._upstream_body, deployment, stream=True)
+        response = await client.open(request, self._forwarder._timeouts, _remaining(self._deadline))
+        if response.status >= 300:
+            data = await client.read_body(response, _remaining(self._deadline))
+            raise adapter.map_error(response.status, response.headers, data)
+        self._translator = adapter.stream_translator(deployment, body or self._upstream_body)
+        self._decoder = SSEDecoder()
+        self._raw = client.iter_chunks(response, self._forwarder._timeouts.idle_s, self._deadline)
+        try:
+            first = await self._next_batch()
+        except BaseException:
+            await self.aclose()
+            raise
+        if not first:
+            raise UpstreamError(ErrorKind.MALFORMED_RESPONSE, "The upstream stream ended without any chunk.")
+        self._pending = first
+        self.deployment = deployment
+        self.segments.append(Segment(deployment))
+
+    async def _next_batch(self) -> list[dict[str, Any]] | None:
+        """The next non-empty list of translated chunks; None at the normal end of the answer."""
+        assert self._raw is not None and self._translator is not None
+        while True:
+            try:
+                raw = await anext(self._raw)
+            except StopAsyncIteration:
+                out = [c for event, data in self._decoder.flush() for c in self._translator.feed(data, event)]
+                if out:
+                    return out
+                if not self._translator.done:
+                    raise UpstreamError(ErrorKind.CONNECTION, "The upstream stream ended before the answer was complete.") from None
+                return None
+            out: list[dict[str, Any]] = []
+            for event, data in self._decoder.feed(raw):
+                out.extend(self._translator.feed(data, event))
+            if out:
+                return out
+            if self._translator.done:
+                await self.aclose()
+                return None
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        sent_any = False
+        while True:
+            batch, self._pending = self._pending, []
+            for chunk in batch:
+                chunk = self._track(chunk)
+                if chunk is not None:
+                    sent_any = True
+                    yield chunk
+            try:
+                next_batch = await self._next_batch()
+            except UpstreamError as error:
+                await self.aclose()
+                assert self.deployment is not None
+                self._forwarder._record(self.attempts, self.deployment, error.kind.value, time.perf_counter(), error.status, 0, True)
+                self._forwarder._observer(self.deployment, self.attempts[-1], error)
+                if not (sent_any and self._can_continue()):
+                    raise StreamBroken(error) from None
+                await self._continue(error)
+                continue
+            if next_batch is None:
+                return
+            self._pending = next_batch
+
+    def _can_continue(self) -> bool:
+        return (
+            self._allow_continuation
+            and not self._saw_tool_calls
+            and self.finish_reason is None
+            and (self._client_body.get("n") or 1) == 1
+            and _remaining(self._deadline) > 0
+        )
+
+    async def _continue(self, cause: UpstreamError) -> None:
+        assert self.deployment is not None
+        failed = self.deployment
+        rest = [d for d in self._deployments if d.key != failed.key] + [failed]
+        partial = "".join(self.text)
+        messages = list(self._client_body["messages"]) + [
+            {"role": "system", "content": CONTINUATION_INSTRUCTION},
+            {"role": "assistant", "content": partial},
+        ]
+        body = {**self._upstream_body, "messages": messages}
+
+        async def once(deployment: Deployment) -> None:
+            await self.start(deployment, body)
+
+        try:
+            await self._forwarder.run_attempts(rest, self._deadline, self.attempts, once, continuation=True)
+        except AllAttemptsFailed as failed_all:
+            raise StreamBroken(failed_all.error) from None
+        # The continuation's opening role delta would restart the message on the client.
+        self._pending = [c for c in self._pending if not _is_role_only(c)]
+
+    def _track(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
+        """Record what the chunk carries; return what the client should get (or None)."""
+        segment = self.segments[-1]
+        if self._stream_id is None:
+            self._stream_id = chunk.get("id")
+        elif chunk.get("id") != self._stream_id:
+            chunk["id"] = self._stream_id
+        usage = chunk.get("usage")
+        if usage:
+            segment.usage = usage
+        choices = chunk.get("choices")
+        if not choices:
+            return None if usage is not None else chunk  # usage goes out once, summed, at the end
+        for choice in choices:
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if content:
+                self.text.append(content)
+                segment.text_chars += len(content)
+            if delta.get("tool_calls"):
+                self._saw_tool_calls = True
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        if usage is not None:
+            chunk = {k: v for k, v in chunk.items() if k != "usage"}
+        return chunk
+
+    def usage_chunk(self, total: dict[str, Any]) -> dict[str, Any]:
+        assert self.deployment is not None
+        return {
+            "id": self._stream_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.deployment.model,
+            "choices": [],
+            "usage": total,
+        }
+
+    async def aclose(self) -> None:
+        if self._raw is not None:
+            raw, self._raw = self._raw, None
+            await raw.aclose()  # closes the upstream response: no connection left dangling
+
+
+def _is_role_only(chunk: dict[str, Any]) -> bool:
+    choices = chunk.get("choices") or []
+    if len(choices) != 1:
+        return False
+    delta = choices[0].get("delta") or {}
+    return set(delta) <= {"role"} or (set(delta) <= {"role", "content"} and not delta.get("content"))

@@ -1,0 +1,278 @@
+"""Validation of a chat-completions body: precise 400s that name the offending field.
+
+Only the fields the gateway reads or that would make every provider fail are checked;
+everything else passes through to the upstream untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .errors import GatewayError, bad_request
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+CONTENT_PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
+TOOL_CHOICE_MODES = frozenset({"none", "auto", "required"})
+RESPONSE_FORMAT_TYPES = frozenset({"text", "json_object", "json_schema"})
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise bad_request("The request body is empty; expected a JSON object.", code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request(
+            f"The request body must be a JSON object, got {_type_name(body)}.", code="invalid_json"
+        )
+    return body
+
+
+def validate_chat_request(body: dict[str, Any]) -> None:
+    model = body.get("model")
+    if model is None:
+        raise bad_request("Missing required parameter: 'model'.", "model", "missing_required_parameter")
+    if not isinstance(model, str) or not model.strip():
+        raise bad_request(
+            f"Invalid type for 'model': expected a non-empty string, got {_type_name(model)}.",
+            "model",
+            "invalid_type",
+        )
+    _validate_messages(body.get("messages"))
+    for name in ("max_tokens", "max_completion_tokens"):
+        _int_field(body, name, minimum=1)
+    _int_field(body, "n", minimum=1, maximum=128)
+    _number_field(body, "temperature", 0.0, 2.0)
+    _number_field(body, "top_p", 0.0, 1.0)
+    _number_field(body, "presence_penalty", -2.0, 2.0)
+    _number_field(body, "frequency_penalty", -2.0, 2.0)
+    _bool_field(body, "stream")
+    _validate_stream_options(body)
+    _validate_stop(body.get("stop"))
+    _validate_tools(body)
+    _validate_response_format(body.get("response_format"))
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise _type_error("metadata", "an object", metadata)
+
+
+def _validate_messages(messages: Any) -> None:
+    if messages is None:
+        raise bad_request("Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
+    if not isinstance(messages, list):
+        raise _type_error("messages", "an array", messages)
+    if not messages:
+        raise bad_request("'messages' must contain at least one message.", "messages", "empty_array")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise _type_error(where, "an object", message)
+        role = message.get("role")
+        if role is None:
+            raise bad_request(f"Missing required parameter: '{where}.role'.", f"{where}.role", "missing_required_parameter")
+        if role not in ROLES:
+            raise bad_request(
+                f"Invalid value for '{where}.role': {_short(role)}. Supported values are: "
+                "'system', 'developer', 'user', 'assistant', 'tool' and 'function'.",
+                f"{where}.role",
+                "invalid_value",
+            )
+        _validate_content(message, where, role)
+        if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+            raise bad_request(
+                f"Missing required parameter: '{where}.tool_call_id' (a string) for a tool message.",
+                f"{where}.tool_call_id",
+                "missing_required_parameter",
+            )
+
+
+def _validate_content(message: dict[str, Any], where: str, role: str) -> None:
+    content = message.get("content")
+    if content is None:
+        if role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
+            return
+        if role == "assistant" and "content" in message:
+            return
+        raise bad_request(
+            f"Missing required parameter: '{where}.content'.", f"{where}.content", "missing_required_parameter"
+        )
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise _type_error(f"{where}.content", "a string or an array of content parts", content)
+    for j, part in enumerate(content):
+        part_where = f"{where}.content[{j}]"
+        if not isinstance(part, dict):
+            raise _type_error(part_where, "an object", part)
+        part_type = part.get("type")
+        if part_type not in CONTENT_PART_TYPES:
+            raise bad_request(
+                f"Invalid value for '{part_where}.type': {_short(part_type)}. Supported values are: "
+                "'text', 'image_url', 'input_audio', 'file' and 'refusal'.",
+                f"{part_where}.type",
+                "invalid_value",
+            )
+        if part_type == "text" and not isinstance(part.get("text"), str):
+            raise _type_error(f"{part_where}.text", "a string", part.get("text"))
+        if part_type == "image_url":
+            image = part.get("image_url")
+            if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+                raise _type_error(f"{part_where}.image_url.url", "a string", (image or {}).get("url") if isinstance(image, dict) else image)
+
+
+def _validate_stream_options(body: dict[str, Any]) -> None:
+    options = body.get("stream_options")
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise _type_error("stream_options", "an object", options)
+    if not body.get("stream"):
+        raise bad_request(
+            "'stream_options' is only allowed when 'stream' is true.", "stream_options", "invalid_value"
+        )
+    include_usage = options.get("include_usage")
+    if include_usage is not None and not isinstance(include_usage, bool):
+        raise _type_error("stream_options.include_usage", "a boolean", include_usage)
+
+
+def _validate_stop(stop: Any) -> None:
+    if stop is None or isinstance(stop, str):
+        return
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise _type_error("stop", "a string or an array of strings", stop)
+    if len(stop) > 4:
+        raise bad_request("'stop' accepts at most 4 sequences.", "stop", "invalid_value")
+
+
+def _validate_tools(body: dict[str, Any]) -> None:
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise _type_error("tools", "an array", tools)
+        for i, tool in enumerate(tools):
+            where = f"tools[{i}]"
+            if not isinstance(tool, dict):
+                raise _type_error(where, "an object", tool)
+            if tool.get("type", "function") == "function":
+                function = tool.get("function")
+                if not isinstance(function, dict):
+                    raise _type_error(f"{where}.function", "an object", function)
+                if not isinstance(function.get("name"), str) or not function["name"]:
+                    raise bad_request(
+                        f"Missing required parameter: '{where}.function.name'.",
+                        f"{where}.function.name",
+                        "missing_required_parameter",
+                    )
+    choice = body.get("tool_choice")
+    if choice is None:
+        return
+    if isinstance(choice, str):
+        if choice not in TOOL_CHOICE_MODES:
+            raise bad_request(
+                f"Invalid value for 'tool_choice': {_short(choice)}. Supported values are: 'none', 'auto', "
+                "'required' or an object naming a function.",
+                "tool_choice",
+                "invalid_value",
+            )
+        return
+    if not isinstance(choice, dict):
+        raise _type_error("tool_choice", "a string or an object", choice)
+    function = choice.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise bad_request(
+            "Missing required parameter: 'tool_choice.function.name'.",
+            "tool_choice.function.name",
+            "missing_required_parameter",
+        )
+
+
+def _validate_response_format(response_format: Any) -> None:
+    if response_format is None:
+        return
+    if not isinstance(response_format, dict):
+        raise _type_error("response_format", "an object", response_format)
+    kind = response_format.get("type")
+    if kind not in RESPONSE_FORMAT_TYPES:
+        raise bad_request(
+            f"Invalid value for 'response_format.type': {_short(kind)}. Supported values are: "
+            "'text', 'json_object' and 'json_schema'.",
+            "response_format.type",
+            "invalid_value",
+        )
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict):
+            raise _type_error("response_format.json_schema", "an object", spec)
+        if not isinstance(spec.get("name"), str):
+            raise bad_request(
+                "Missing required parameter: 'response_format.json_schema.name'.",
+                "response_format.json_schema.name",
+                "missing_required_parameter",
+            )
+
+
+def _int_field(body: dict[str, Any], name: str, *, minimum: int, maximum: int | None = None) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(name, "an integer", value)
+    if value < minimum:
+        raise bad_request(
+            f"Invalid value for '{name}': {value}. It must be at least {minimum}.", name, "invalid_value"
+        )
+    if maximum is not None and value > maximum:
+        raise bad_request(
+            f"Invalid value for '{name}': {value}. It must be at most {maximum}.", name, "invalid_value"
+        )
+
+
+def _number_field(body: dict[str, Any], name: str, low: float, high: float) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _type_error(name, "a number", value)
+    if not low <= value <= high:
+        raise bad_request(
+            f"Invalid value for '{name}': {value}. It must be between {low:g} and {high:g}.",
+            name,
+            "invalid_value",
+        )
+
+
+def _bool_field(body: dict[str, Any], name: str) -> None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise _type_error(name, "a boolean", value)
+
+
+def _type_error(name: str, expected: str, value: Any) -> GatewayError:
+    return bad_request(
+        f"Invalid type for '{name}': expected {expected}, got {_type_name(value)}.", name, "invalid_type"
+    )
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
