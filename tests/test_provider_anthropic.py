@@ -260,7 +260,7 @@ def test_consecutive_same_role_messages_merge_and_empty_ones_drop() -> None:
 
 def test_json_object_adds_a_system_instruction() -> None:
     out = upstream({"messages": [{"role": "system", "content": "Be brief."}, user("x")], "response_format": {"type": "json_object"}})
-    assert out["system"].startswith("Be brief.\n\nRespond with a single valid JSON value")
+    assert out["system"].startswith("Be brief.\n\nRespond with a single valid JSON object")
     assert "tools" not in out
 
 
@@ -294,7 +294,9 @@ def test_sampling_limits_stop_and_user() -> None:
         }
     )
     assert out["temperature"] == 1.0
-    assert out["top_p"] == 0.9
+    assert "top_p" not in out  # recent Claude models reject temperature and top_p together
+    assert upstream({"messages": [user("x")], "top_p": 0.9})["top_p"] == 0.9
+    assert upstream({"messages": [user("x")], "temperature": -1})["temperature"] == 0.0
     assert out["stop_sequences"] == ["END"]
     assert out["max_tokens"] == 300
     assert out["metadata"] == {"user_id": "user-42"}
@@ -625,3 +627,34 @@ def test_error_messages_never_carry_a_key() -> None:
     assert KEY not in error.message and "[redacted]" in error.message
     raw = adapter.map_error(500, {}, f"upstream died, key={KEY}".encode())
     assert KEY not in raw.message
+
+
+def test_stream_block_index_of_the_wrong_type_is_malformed() -> None:
+    translator = adapter.stream_translator(deployment(), {"messages": [user("x")]})
+    translator.feed(b'{"type": "message_start", "message": {"id": "msg_1"}}')
+    with pytest.raises(UpstreamError) as caught:
+        translator.feed(b'{"type": "content_block_stop", "index": [0]}')
+    assert caught.value.kind is ErrorKind.MALFORMED_RESPONSE
+
+
+# ---- what the official SDK sees ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["response_text.json", "response_tool_use.json", "response_json_tool.json", "response_thinking_max_tokens.json", "response_stop_sequence.json"],
+)
+def test_answers_validate_as_openai_sdk_models(name: str) -> None:
+    from openai.types.chat import ChatCompletion
+
+    parsed = ChatCompletion.model_validate(adapter.parse_response(payload(name), deployment()))
+    assert parsed.choices[0].message.role == "assistant"
+
+
+@pytest.mark.parametrize("name", ["stream_text.sse", "stream_tool_use.sse", "stream_thinking_json_tool.sse"])
+def test_chunks_validate_as_openai_sdk_models(name: str) -> None:
+    from openai.types.chat import ChatCompletionChunk
+
+    chunks, _ = stream(name, seed=7)
+    parsed = [ChatCompletionChunk.model_validate(chunk) for chunk in chunks]
+    assert parsed[-1].usage is not None and parsed[-1].choices == []

@@ -585,3 +585,25 @@ def test_error_messages_never_carry_a_key() -> None:
     assert KEY not in error.message
     raw = adapter.map_error(502, {}, f"GET /v1beta/models?key={KEY} failed".encode())
     assert KEY not in raw.message
+
+
+# ---- what the official SDK sees ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["response_text.json", "response_function_call.json", "response_max_tokens.json", "response_two_candidates.json"]
+)
+def test_answers_validate_as_openai_sdk_models(name: str) -> None:
+    from openai.types.chat import ChatCompletion
+
+    parsed = ChatCompletion.model_validate(adapter.parse_response(payload(name), deployment()))
+    assert parsed.choices[0].message.role == "assistant"
+
+
+@pytest.mark.parametrize("name", ["stream_text.sse", "stream_function_call.sse"])
+def test_chunks_validate_as_openai_sdk_models(name: str) -> None:
+    from openai.types.chat import ChatCompletionChunk
+
+    chunks, _ = stream(name, seed=7)
+    parsed = [ChatCompletionChunk.model_validate(chunk) for chunk in chunks]
+    assert parsed[-1].usage is not None and parsed[-1].choices == []

@@ -13,7 +13,9 @@ Choices where the two APIs differ:
   schema (input_schema must be an object), the schema goes into the instruction instead.
 - `n` > 1 is rejected (bad_request): Anthropic answers with one message per request,
   and silently answering with one choice would break a client that indexes choices[1].
-- `temperature` is clamped to Anthropic's [0, 1] (OpenAI allows up to 2).
+- `temperature` is clamped to Anthropic's [0, 1] (OpenAI allows up to 2). When both
+  `temperature` and `top_p` are given, only `temperature` is sent: recent Claude models
+  reject the pair ("cannot both be specified for this model").
 - `max_tokens` is required by Anthropic: the adapter's default applies when absent.
 - `user` -> `metadata.user_id`; `parallel_tool_calls: false` -> `disable_parallel_tool_use`.
 - Tool-call ids are rewritten to Anthropic's allowed alphabet (a conversation may have
@@ -54,9 +56,8 @@ from .translate import (
 )
 
 JSON_TOOL = "json_response"
-JSON_INSTRUCTION = (
-    "Respond with a single valid JSON value and nothing else: no prose, no Markdown code fences."
-)
+JSON_OBJECT_INSTRUCTION = "Respond with a single valid JSON object and nothing else: no prose, no Markdown code fences."
+JSON_SCHEMA_INSTRUCTION = "Respond with valid JSON and nothing else: no prose, no Markdown code fences."
 JSON_TOOL_INSTRUCTION = f"Give your final answer by calling the {JSON_TOOL} tool; its input is the answer."
 
 _TOOL_ID_OK = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -88,9 +89,9 @@ def anthropic_body(body: Mapping[str, Any], deployment: Deployment, *, stream: b
             system_parts.append(JSON_TOOL_INSTRUCTION)
         elif fmt.kind == "json_schema":
             schema = orjson.dumps(fmt.schema).decode()
-            system_parts.append(f"{JSON_INSTRUCTION} The JSON must conform to this JSON Schema: {schema}")
+            system_parts.append(f"{JSON_SCHEMA_INSTRUCTION} The JSON must conform to this JSON Schema: {schema}")
         else:
-            system_parts.append(JSON_INSTRUCTION)
+            system_parts.append(JSON_OBJECT_INSTRUCTION)
 
     system = "\n\n".join(part for part in system_parts if part)
     if system:
@@ -106,7 +107,7 @@ def anthropic_body(body: Mapping[str, Any], deployment: Deployment, *, stream: b
     if temperature is not None:
         out["temperature"] = min(max(temperature, 0.0), 1.0)
     top_p = number(body, "top_p")
-    if top_p is not None:
+    if top_p is not None and temperature is None:
         out["top_p"] = top_p
     top_k = body.get("top_k")  # not OpenAI, but clients pass it through extra_body
     if isinstance(top_k, int) and not isinstance(top_k, bool) and top_k > 0:

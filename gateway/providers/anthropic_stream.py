@@ -100,7 +100,7 @@ class AnthropicStreamTranslator:
         return [chunks.delta({"tool_calls": [start]})]
 
     def _block_delta(self, chunks: ChunkFactory, payload: dict[str, Any]) -> list[dict[str, Any]]:
-        state, delta = self._blocks.get(payload.get("index")), payload.get("delta")  # type: ignore[arg-type]
+        state, delta = self._block(payload), payload.get("delta")
         if state is None or not isinstance(delta, dict):
             raise malformed("Anthropic sent a 'content_block_delta' for a block it never started.")
         kind = delta.get("type")
@@ -122,7 +122,7 @@ class AnthropicStreamTranslator:
         return []  # thinking, signature and citation deltas have no OpenAI equivalent
 
     def _block_stop(self, chunks: ChunkFactory, payload: dict[str, Any]) -> list[dict[str, Any]]:
-        state = self._blocks.get(payload.get("index"))  # type: ignore[arg-type]
+        state = self._block(payload)
         if state is None:
             raise malformed("Anthropic sent a 'content_block_stop' for a block it never started.")
         if state.kind == "tool" and not state.sent_arguments:
@@ -150,6 +150,10 @@ class AnthropicStreamTranslator:
         if self._include_usage and self.usage is not None:
             out.append(chunks.usage(self.usage))
         return out
+
+    def _block(self, payload: dict[str, Any]) -> _Block | None:
+        index = payload.get("index")
+        return self._blocks.get(index) if isinstance(index, int) else None
 
     def _merge_usage(self, raw: Any) -> None:
         # message_delta usage is cumulative and may restate or omit message_start's fields
