@@ -64,7 +64,8 @@ async def _serve(config: SimulatorConfig, host: str, port: int) -> int:
         except OSError as exc:
             print(f"gateway simulate: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
             return 1
-        print(f"gateway simulate: listening on http://{host}:{port}", file=sys.stderr, flush=True)
+        bound_host, bound_port = runner.addresses[0][:2]  # the real port when --port 0
+        print(f"gateway simulate: listening on http://{bound_host}:{bound_port}", file=sys.stderr, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

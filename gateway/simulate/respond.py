@@ -18,6 +18,7 @@ from .wire import ErrorReply, SSEEvent
 
 _JSON = "application/json"
 _FLUSH_POLLS = 50  # x 1 ms: how long an abort waits for written bytes to leave
+_WATCH_SLICE = 0.05  # seconds: how late a long sleep notices that the client left
 
 
 def error_response(reply: ErrorReply, headers: Mapping[str, str]) -> web.Response:
@@ -26,6 +27,27 @@ def error_response(reply: ErrorReply, headers: Mapping[str, str]) -> web.Respons
         body=orjson.dumps(reply.body),
         headers={**headers, **reply.headers, "Content-Type": _JSON},
     )
+
+
+def client_connected(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
+async def sleep_while_connected(request: web.Request, seconds: float) -> bool:
+    """Sleep, waking early if the client goes away; False if it did.
+
+    Why not rely on aiohttp cancelling the handler: that is off by default
+    (handler_cancellation), and a stalled stream must still see its client leave.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while client_connected(request):
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return True
+        await asyncio.sleep(min(remaining, _WATCH_SLICE))
+    return False
 
 
 async def abort_connection(request: web.Request) -> None:
@@ -81,10 +103,13 @@ async def send_stream(
     try:
         for event in events:
             if event.content:
+                pause = 0.0
                 if stall_after is not None and sent == stall_after:
-                    await asyncio.sleep(fault.stall_ms / 1000)  # type: ignore[union-attr]
+                    pause = fault.stall_ms / 1000  # type: ignore[union-attr]
                 elif interval and sent:
-                    await asyncio.sleep(interval)
+                    pause = interval
+                if pause and not await sleep_while_connected(request, pause):
+                    raise ConnectionResetError("client went away")
             await response.write(event.frame)
             if not event.content:
                 continue

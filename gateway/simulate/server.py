@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -16,7 +15,7 @@ from .config import SimulatorConfig
 from .faults import FaultSource, FaultSpecError, parse_fault
 from .gemini_api import GeminiWire
 from .openai_api import OpenAIWire
-from .respond import abort_connection, error_response, send_json, send_stream
+from .respond import abort_connection, error_response, send_json, send_stream, sleep_while_connected
 from .shapes import BadRequest
 from .stats import SimStats
 from .wire import WireAPI
@@ -97,8 +96,8 @@ async def _complete(request: web.Request, wire: WireAPI) -> web.StreamResponse:
         stats.fault_sources[source] += 1
 
     delay_ms = config.latency_ms + (fault.delay_ms if fault is not None else 0.0)
-    if delay_ms > 0:
-        await asyncio.sleep(delay_ms / 1000)
+    if delay_ms > 0 and not await sleep_while_connected(request, delay_ms / 1000):
+        return web.Response()  # the client left during the delay: nothing to send
     if fault is not None:
         if fault.reset:
             await abort_connection(request)
