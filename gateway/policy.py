@@ -23,6 +23,7 @@ from .catalog import (
     ConfigError,
     _freeze,
     canonical_hash,
+    format_path,
     load_catalog,
     load_schema,
     read_yaml,
@@ -366,7 +367,8 @@ def _build_limits(raw: Mapping[str, Any] | None, routes: tuple[Route, ...], chk:
     )
 
 
-def _classifier_rules(data: Mapping[str, Any], policy_path: Path | None, file: str) -> tuple[Mapping[str, Any], list[str]]:
+def _classifier_rules(data: Mapping[str, Any], policy_path: Path | None,
+                      file: str) -> tuple[Mapping[str, Any], list[str], str, str]:
     """The policy's own `classifier:` section, else classifier.yaml beside it, else the packaged one."""
     schema_file = schema_dir() / "classifier.schema.json"
     schema = load_schema("classifier.schema.json") if schema_file.is_file() else None
@@ -377,12 +379,27 @@ def _classifier_rules(data: Mapping[str, Any], policy_path: Path | None, file: s
         candidates.append(Path(str(resources.files("catalog").joinpath("classifier.yaml"))))
         found = next((p for p in candidates if p.is_file()), None)
         if found is None:
-            return _freeze({}), []
+            return _freeze({}), [], file, "classifier"
         rules, source, root = read_yaml(found), str(found), ""
         if not isinstance(rules, dict):
-            return _freeze({}), [f"{source}: (top level): expected a mapping of classifier rules"]
+            return _freeze({}), [f"{source}: (top level): expected a mapping of classifier rules"], source, root
     problems = schema_problems(rules, schema, source, root) if schema is not None else []
-    return _freeze(rules), problems
+    return _freeze(rules), problems, source, root
+
+
+def _hint_objectives_problems(rules: Mapping[str, Any], objectives: Mapping[str, Weights], source: str,
+                              root: str) -> list[str]:
+    """An objective the classifier accepts as a hint must exist here, or the hint is lost."""
+    hints = rules.get("hints")
+    named = hints.get("objectives") if isinstance(hints, Mapping) else None
+    if not isinstance(named, list):
+        return []
+    return [
+        f"{source}: {format_path(['hints', 'objectives', i], root)}: expected an objective of the policy "
+        f"({', '.join(objectives)}), got {name!r}"
+        for i, name in enumerate(named)
+        if name not in objectives
+    ]
 
 
 def policy_from_data(data: Any, catalog: Catalog, file: str = "policy.yaml", path: Path | None = None) -> Policy:
@@ -401,7 +418,9 @@ def policy_from_data(data: Any, catalog: Catalog, file: str = "policy.yaml", pat
     routes = _build_routes(data, objectives, default_deg, chk)
     tenants = _build_tenants(data, chk)
     limits = _build_limits(data.get("limits"), routes, chk)
-    rules, rule_problems = _classifier_rules(data, path, file)
+    rules, rule_problems, rules_file, rules_root = _classifier_rules(data, path, file)
+    if not rule_problems:
+        rule_problems = _hint_objectives_problems(rules, objectives, rules_file, rules_root)
     problems = chk.problems + rule_problems
     if problems:
         raise ConfigError(problems)
