@@ -130,11 +130,9 @@ class AdmissionBuilder:
     def deny_rate_limited(self) -> Admission:
         assert self.blocked is not None
         retry, scope_key, kind, limit = self.blocked
-        denial = Denial(
-            "rate_limited", Scope.parse(scope_key), None, rate_message(scope_key, kind, limit, retry), retry,
-            rate_info(self._requests, self._tokens),
-        )
-        return Admission(False, None, None, (), denial, self.degraded)
+        info = rate_info(self._requests, self._tokens)
+        denial = Denial("rate_limited", Scope.parse(scope_key), None, rate_message(scope_key, kind, limit, retry), retry, info)
+        return Admission(False, None, None, (), denial, self.degraded, info)
 
     # -- the candidate walk --
 
@@ -202,12 +200,11 @@ class AdmissionBuilder:
 
     def deny_no_candidate(self) -> Admission:
         reasons = {reason for _, reason in self.skipped}
+        info = rate_info(self._requests, self._tokens)
         if reasons == {"rate_limit"} and self._rate_block is not None:
             retry, scope_key, kind, limit = self._rate_block
-            denial = Denial(
-                "rate_limited", Scope.parse(scope_key), None, rate_message(scope_key, kind, limit, retry), retry,
-                rate_info(self._requests, self._tokens),
-            )
+            message = rate_message(scope_key, kind, limit, retry)
+            denial = Denial("rate_limited", Scope.parse(scope_key), None, message, retry, info)
         elif self._cap_block is not None:
             remaining, scope_key, window, limit, resets_at, cost = self._cap_block
             denial = Denial(
@@ -221,4 +218,4 @@ class AdmissionBuilder:
                 "budget_exceeded", Scope.parse(scope_key), Window("rolling", window_s),
                 share_message(scope_key, tier, window_s, max_share), retry,
             )
-        return Admission(False, None, None, tuple(self.skipped), denial, self.degraded)
+        return Admission(False, None, None, tuple(self.skipped), denial, self.degraded, info)

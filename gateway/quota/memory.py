@@ -88,6 +88,8 @@ class MemoryQuotaStore:
 
     def admit_now(self, request: AdmissionRequest, degraded: bool = False) -> Admission:
         now = request.now if request.now is not None else self.clock()
+        if degraded:
+            self.degraded_count += 1
         self._sweep(now)
         builder = AdmissionBuilder(request, now, self._limits_of, degraded=degraded)
         cells = self._ledger.cells
@@ -143,8 +145,6 @@ class MemoryQuotaStore:
         ttl = builder.request.ttl_s or self.reservation_ttl_s
         self._reservations[reservation_id] = _Reservation(cost, candidate.tokens, counters, token_scopes, shares, now + ttl)
         heapq.heappush(self._expiry, (now + ttl, reservation_id))
-        if builder.degraded:
-            self.degraded_count += 1
         return builder.admitted(index, reservation_id)
 
     def _sweep(self, now: float) -> None:
@@ -230,9 +230,9 @@ class MemoryQuotaStore:
         if extra_micros < 0:
             raise ValueError("extra_micros must be non-negative")
         reservation = self._reservations.get(reservation_id)
-        if reservation is None or reservation.state != "active":
-            return False
         now = self.clock()
+        if reservation is None or reservation.state != "active" or reservation.deadline <= now:
+            return False
         counters = [self._ledger.counter_by_key(key) for key in reservation.counters]
         for key, counter in zip(reservation.counters, counters):
             limit = self._config.get(key[0], {}).get(cap_field(counter.window))
