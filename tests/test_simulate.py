@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.providers.base import SSEDecoder
@@ -623,23 +624,53 @@ async def test_control_api_rejects_bad_bodies(sim_client: MakeClient, body: Any,
     assert (await response.json())["error"]["field"] == field
 
 
+async def wait_for_stats(client: TestClient, done: Callable[[dict], bool]) -> dict:
+    deadline = time.monotonic() + 3
+    while True:
+        stats = await (await client.get("/_sim/stats")).json()
+        if done(stats) or time.monotonic() > deadline:
+            return stats
+        await asyncio.sleep(0.02)
+
+
 async def test_client_disconnect_mid_stream_is_counted(sim_client: MakeClient) -> None:
+    # the test server cancels handlers on disconnect (handler_cancellation=True)
     client = await sim_client(token_rate=100, default_completion_tokens=300)
     body = {"model": "m", "stream": True, "messages": user("a long story")}
     response = await client.post("/v1/chat/completions", json=body)
     for _ in range(3):
         await response.content.readline()
-    stats = await (await client.get("/_sim/stats")).json()
-    assert stats["open_streams"] == 1
+    assert (await (await client.get("/_sim/stats")).json())["open_streams"] == 1
     response.close()  # drop the connection mid-stream
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        stats = await (await client.get("/_sim/stats")).json()
-        if stats["open_streams"] == 0:
-            break
-        await asyncio.sleep(0.02)
+    stats = await wait_for_stats(client, lambda s: s["open_streams"] == 0)
     assert stats["open_streams"] == 0
     assert stats["disconnected_streams"] == 1 and stats["completed_streams"] == 0
+
+
+async def test_disconnect_during_a_stall_without_handler_cancellation() -> None:
+    # aiohttp's default runner (what `gateway simulate` uses) never cancels the handler,
+    # so only the simulator's own watch can notice the client leaving mid-stall
+    runner = web.AppRunner(create_app(SimulatorConfig()))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
+            body = {"model": "m", "stream": True, "messages": user("[[fault:stall_after=1,stall_ms=20000]] go")}
+            response = await session.post("/v1/chat/completions", json=body)
+            await response.content.readline()
+            response.close()
+            deadline = time.monotonic() + 3
+            while True:
+                async with session.get("/_sim/stats") as r:
+                    stats = await r.json()
+                if stats["open_streams"] == 0 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.02)
+            assert stats["open_streams"] == 0 and stats["disconnected_streams"] == 1
+    finally:
+        await runner.cleanup()
 
 
 # -- the command -----------------------------------------------------------------------
@@ -670,3 +701,12 @@ async def test_main_serves_and_exits_cleanly_on_sigterm() -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_fail_with_takes_multi_key_specs_separated_by_semicolons() -> None:
+    from gateway.simulate.cli import _split_specs
+
+    assert _split_specs("rate_limited, overloaded") == ["rate_limited", "overloaded"]
+    assert _split_specs("status=429,retry_after=2;reset") == ["status=429,retry_after=2", "reset"]
+    specs = SimulatorConfig(fail_rate=1, fail_with=_split_specs("status=429,retry_after=2;reset")).fault_specs()
+    assert [(s.status, s.retry_after, s.reset) for s in specs] == [(429, 2.0, False), (None, None, True)]

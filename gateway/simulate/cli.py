@@ -27,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fail-rate", type=float, default=0.0,
                         help="share of requests (0..1) that get a random fault from --fail-with")
     parser.add_argument("--fail-with", default="",
-                        help="comma-separated fault specs, e.g. rate_limited,overloaded,reset "
-                             "(multi-key specs need the control API or prompt directives)")
+                        help="fault specs random faults pick from, comma-separated "
+                             "(rate_limited,overloaded,reset); when a spec has several keys, "
+                             "separate specs with ';' instead (status=429,retry_after=2;reset)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the random-fault draw")
     parser.add_argument("--require-key", default=None, help="the API key every wire API must be sent")
     return parser
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             token_rate=args.token_rate,
             latency_ms=args.latency_ms,
             fail_rate=args.fail_rate,
-            fail_with=[spec.strip() for spec in args.fail_with.split(",") if spec.strip()],
+            fail_with=_split_specs(args.fail_with),
             seed=args.seed,
             require_key=args.require_key,
         )
@@ -52,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         return uvloop.run(_serve(config, args.host, args.port))
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down
         return 130
+
+
+def _split_specs(value: str) -> list[str]:
+    separator = ";" if ";" in value else ","
+    return [spec.strip() for spec in value.split(separator) if spec.strip()]
 
 
 async def _serve(config: SimulatorConfig, host: str, port: int) -> int:

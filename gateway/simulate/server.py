@@ -28,13 +28,15 @@ class SimState:
     stats: SimStats = field(default_factory=SimStats)
 
 
+_MAX_BODY_BYTES = 64 * 1024 * 1024
 STATE = web.AppKey("simulator_state", SimState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(config: SimulatorConfig) -> web.Application:
     """The simulator as an aiohttp application (run it, or mount it in a test server)."""
-    app = web.Application()
+    # Context-length rehearsals send big prompts: allow far more than aiohttp's 1 MiB.
+    app = web.Application(client_max_size=_MAX_BODY_BYTES)
     app[STATE] = SimState(
         config=config,
         faults=FaultSource(fail_rate=config.fail_rate, fail_with=config.fault_specs(), seed=config.seed),

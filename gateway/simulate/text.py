@@ -24,7 +24,7 @@ def count_words(texts: Iterable[str]) -> int:
 def reply_words(topic: str, length: int) -> list[str]:
     """The full natural answer: an opening, the topic's first words, then filler."""
     words = list(_OPENING)
-    words.extend(topic.split()[:_TOPIC_WORDS] or ["nothing"])
+    words.extend(topic.split(None, _TOPIC_WORDS)[:_TOPIC_WORDS] or ["nothing"])
     index = 0
     while len(words) < length:
         words.append(_FILLER[index % len(_FILLER)])
