@@ -1,0 +1,373 @@
+"""One suite, two stores: the embedded memory store and the Redis store (real redis-server).
+
+Both run on a fake clock, so windows, resets and expiry are tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime, timezone
+from typing import AsyncIterator, Iterator
+
+import pytest
+from tests.redis_server import RedisServer
+
+from gateway.quota.base import (
+    AdmissionRequest,
+    CandidateCost,
+    GLOBAL,
+    RateLimit,
+    Scope,
+    Settlement,
+    ShareQuota,
+    SpendCap,
+    format_duration,
+)
+from gateway.quota.memory import MemoryQuotaStore
+from gateway.quota.redis_store import RedisQuotaStore
+from gateway.quota.windows import DAY, MONTH, Window
+
+START = datetime(2026, 3, 10, 12, 0, tzinfo=timezone.utc).timestamp()
+TENANT = Scope("tenant", "acme")
+KEY = Scope("key", "k1")
+TEAM = Scope("team", "search")
+ROUTE = Scope("route", "chat")
+
+
+class FakeClock:
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def cand(model: str = "gpt-4o", cost: int = 400, tier: str = "standard", tokens: int = 100, provider: str = "openai") -> CandidateCost:
+    return CandidateCost(model, provider, tier, cost, tokens)
+
+
+def request(*candidates: CandidateCost, scopes=(TENANT, KEY, TEAM, ROUTE), ttl_s: float | None = None) -> AdmissionRequest:
+    return AdmissionRequest(uuid.uuid4().hex, list(scopes), list(candidates or [cand()]), ttl_s=ttl_s)
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request, clock: FakeClock) -> AsyncIterator[MemoryQuotaStore | RedisQuotaStore]:
+    if request.param == "memory":
+        yield MemoryQuotaStore(clock=clock)
+        return
+    server = request.getfixturevalue("redis_server")
+    # a namespace per test keeps tests apart without flushing the server
+    redis_store = RedisQuotaStore(server.url, namespace=uuid.uuid4().hex[:12], clock=clock, timeout_s=2.0)
+    yield redis_store
+    await redis_store.close()
+
+
+# ---- spend caps ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", [GLOBAL, TENANT, TEAM, KEY, ROUTE, Scope("model", "gpt-4o"), Scope("provider", "openai")])
+async def test_day_cap_applies_to_every_scope_kind(store, clock, scope: Scope) -> None:
+    await store.set_cap(SpendCap(scope, DAY, 1000))
+    assert (await store.admit(request())).admitted
+    assert (await store.admit(request())).admitted
+    denied = await store.admit(request())
+    assert not denied.admitted
+    assert denied.skipped == ((0, "credit_limit"),)
+    assert denied.denial.code == "budget_exceeded"
+    assert denied.denial.scope == scope and denied.denial.window == DAY
+    assert scope.key in denied.denial.message and "day" in denied.denial.message
+    assert denied.denial.retry_after_s == pytest.approx(12 * 3600)  # to the next UTC midnight
+    status = await store.get_spend(scope, DAY)
+    assert (status.spent_micros, status.reserved_micros, status.remaining_micros) == (0, 800, 200)
+
+
+async def test_reservation_is_all_or_nothing_across_scopes(store) -> None:
+    await store.set_cap(SpendCap(TENANT, DAY, 1000))
+    await store.set_cap(SpendCap(KEY, MONTH, 500))
+    assert (await store.admit(request())).admitted
+    denied = await store.admit(request())
+    assert denied.denial.scope == KEY and denied.denial.window == MONTH
+    # the tenant cap could afford it, but nothing was reserved there either
+    assert (await store.get_spend(TENANT, DAY)).reserved_micros == 400
+    assert (await store.get_spend(KEY, MONTH)).reserved_micros == 400
+
+
+async def test_denial_names_the_tightest_cap(store) -> None:
+    await store.set_cap(SpendCap(TENANT, DAY, 300))
+    await store.set_cap(SpendCap(GLOBAL, DAY, 100))
+    denied = await store.admit(request())
+    assert denied.denial.scope == GLOBAL
+
+
+async def test_candidate_fallback_skips_what_a_cap_cannot_afford(store) -> None:
+    await store.set_cap(SpendCap(Scope("model", "gpt-4o"), DAY, 500))
+    premium, small = cand("gpt-4o", 400, "premium"), cand("gpt-4o-mini", 50, "economy")
+    first = await store.admit(request(premium, small))
+    assert first.candidate_index == 0 and first.skipped == ()
+    second = await store.admit(request(premium, small))
+    assert second.admitted and second.candidate_index == 1
+    assert second.skipped == ((0, "credit_limit"),)
+    assert (await store.get_spend(Scope("model", "gpt-4o"), DAY)).reserved_micros == 400
+
+
+async def test_month_and_day_buckets_reset_on_utc_boundaries(store, clock) -> None:
+    clock.now = datetime(2026, 12, 31, 23, 59, 30, tzinfo=timezone.utc).timestamp()
+    await store.set_cap(SpendCap(TENANT, DAY, 1000))
+    await store.set_cap(SpendCap(TENANT, MONTH, 1000))
+    admitted = await store.admit(request())
+    await store.settle(admitted.reservation_id, 700, 10)
+    new_year = datetime(2027, 1, 1, tzinfo=timezone.utc).timestamp()
+    assert (await store.get_spend(TENANT, DAY)).resets_at == new_year
+    assert (await store.get_spend(TENANT, MONTH)).resets_at == new_year
+    denied = await store.admit(request())
+    assert denied.denial.retry_after_s == pytest.approx(30)
+    clock.now = new_year + 1
+    assert (await store.get_spend(TENANT, MONTH)).spent_micros == 0
+    assert (await store.get_spend(TENANT, MONTH)).resets_at == datetime(2027, 2, 1, tzinfo=timezone.utc).timestamp()
+    assert (await store.admit(request())).admitted
+
+
+async def test_february_month_reset(store, clock) -> None:
+    clock.now = datetime(2028, 2, 29, 8, tzinfo=timezone.utc).timestamp()  # leap year
+    await store.set_cap(SpendCap(TENANT, MONTH, 10))
+    status = await store.get_spend(TENANT, MONTH)
+    assert status.resets_at == datetime(2028, 3, 1, tzinfo=timezone.utc).timestamp()
+    assert MONTH.resets_at(clock.now) == status.resets_at
+
+
+async def test_rolling_window_spend_drops_out(store, clock) -> None:
+    window = Window.parse("rolling:60")
+    await store.set_cap(SpendCap(TENANT, window, 1000))
+    first = await store.admit(request(cand(cost=800)))
+    await store.settle(first.reservation_id, 800, 10)
+    clock.advance(30)
+    denied = await store.admit(request(cand(cost=400)))
+    assert denied.denial.window == window
+    assert 30 <= denied.denial.retry_after_s <= 31  # when the 800 leaves the window
+    clock.advance(31)
+    assert (await store.get_spend(TENANT, window)).spent_micros == 0
+    assert (await store.admit(request(cand(cost=400)))).admitted
+
+
+# ---- settle, release, extend, expiry ---------------------------------------------------
+
+
+async def test_settle_replaces_reservation_and_is_idempotent(store) -> None:
+    await store.set_cap(SpendCap(TENANT, DAY, 1000))
+    await store.set_cap(SpendCap(Scope("provider", "openai"), DAY, 10_000))
+    admitted = await store.admit(request())
+    assert await store.settle(admitted.reservation_id, 123, 40) == "settled"
+    assert await store.settle(admitted.reservation_id, 123, 40) == "duplicate"
+    for scope in (TENANT, Scope("provider", "openai")):
+        status = await store.get_spend(scope, DAY)
+        assert (status.spent_micros, status.reserved_micros) == (123, 0)
+    assert not await store.release(admitted.reservation_id)
+    assert await store.settle("no-such-reservation", 1, 1) == "unknown"
+
+
+async def test_settle_many_in_one_call(store) -> None:
+    await store.set_cap(SpendCap(TENANT, DAY, 10_000))
+    ids = [(await store.admit(request())).reservation_id for _ in range(3)]
+    outcomes = await store.settle_many([Settlement(rid, 100 * (i + 1), 5) for i, rid in enumerate(ids)])
+    assert outcomes == ["settled"] * 3
+    assert (await store.get_spend(TENANT, DAY)).spent_micros == 600
+
+
+async def test_release_gives_everything_back(store) -> None:
+    await store.set_cap(SpendCap(TENANT, DAY, 400))
+    await store.set_rate_limit(RateLimit(TENANT, rpm=None, tpm=100))
+    admitted = await store.admit(request(cand(tokens=100)))
+    assert not (await store.admit(request(cand(tokens=100)))).admitted
+    assert await store.release(admitted.reservation_id)
+    assert not await store.release(admitted.reservation_id)  # idempotent
+    assert await store.settle(admitted.reservation_id, 10, 10) == "released"
+    status = await store.get_spend(TENANT, DAY)
+    assert (status.spent_micros, status.reserved_micros) == (0, 0)
+    assert (await store.admit(request(cand(tokens=100)))).admitted  # money and tokens both back
+
+
+async def test_expired_reservation_returns_budget_and_late_settle_still_charges(store, clock) -> None:
+    await store.set_cap(SpendCap(TENANT, DAY, 500))
+    leaked = await store.admit(request(ttl_s=5))
+    assert not (await store.admit(request(ttl_s=5))).admitted
+    clock.advance(6)  # the gateway that held `leaked` died
+    replacement = await store.admit(request(ttl_s=5))
+    assert replacement.admitted
+    assert (await store.get_spend(TENANT, DAY)).reserved_micros == 400
+    assert await store.settle(leaked.reservation_id, 90, 10) == "late"
+    assert await store.settle(leaked.reservation_id, 90, 10) == "duplicate"
+    status = await store.get_spend(TENANT, DAY)
+    assert (status.spent_micros, status.reserved_micros) == (90, 400)
+
+
+async def test_extend_holds_more_and_pushes_the_deadline(store, clock) -> None:
+    await store.set_cap(SpendCap(TENANT, DAY, 1000))
+    admitted = await store.admit(request(ttl_s=5))
+    clock.advance(4)
+    assert await store.extend(admitted.reservation_id, 500, ttl_s=5)
+    assert not await store.extend(admitted.reservation_id, 200)  # 900 held + 200 > 1000
+    clock.advance(4)  # past the first deadline, within the extended one
+    assert (await store.get_spend(TENANT, DAY)).reserved_micros == 900
+    assert await store.settle(admitted.reservation_id, 950, 10) == "settled"
+    status = await store.get_spend(TENANT, DAY)
+    assert (status.spent_micros, status.reserved_micros) == (950, 0)
+    assert not await store.extend(admitted.reservation_id, 1)
+
+
+# ---- share quotas ----------------------------------------------------------------------
+
+
+async def test_share_quota_routes_premium_to_the_next_candidate(store) -> None:
+    await store.set_share_quota(ShareQuota(TENANT, "premium", 0.25, 3600))
+    plan = (cand("opus", 100, "premium"), cand("haiku", 10, "economy"))
+    results = [await store.admit(request(*plan)) for _ in range(20)]
+    assert all(r.admitted for r in results)
+    premium = [r for r in results if r.candidate_index == 0]
+    assert len(premium) == 5
+    assert all(r.skipped == ((0, "route_quota"),) for r in results if r.candidate_index == 1)
+    # only premium candidates: deny with the share quota named
+    denied = await store.admit(request(plan[0]))
+    assert denied.denial.code == "budget_exceeded" and denied.skipped == ((0, "route_quota"),)
+    assert denied.denial.window == Window("rolling", 3600) and "premium" in denied.denial.message
+    # a released premium request no longer counts
+    assert await store.release(premium[0].reservation_id)
+    assert (await store.admit(request(plan[0]))).candidate_index == 0
+
+
+async def test_share_quota_window_rolls(store, clock) -> None:
+    await store.set_share_quota(ShareQuota(TENANT, "premium", 0.5, 60))
+    plan = (cand("opus", 1, "premium"), cand("haiku", 1, "economy"))
+    assert [(await store.admit(request(*plan))).candidate_index for _ in range(4)] == [1, 0, 1, 0]
+    clock.advance(62)
+    assert (await store.admit(request(*plan))).candidate_index == 1  # a fresh window starts at 0%
+
+
+# ---- rate limits -----------------------------------------------------------------------
+
+
+async def test_rpm_limit_with_header_values(store, clock) -> None:
+    await store.set_rate_limit(RateLimit(KEY, rpm=3))
+    remaining = []
+    for _ in range(3):
+        admitted = await store.admit(request())
+        remaining.append(admitted.rate_limit.remaining_requests)
+    assert remaining == [2, 1, 0]
+    denied = await store.admit(request())
+    assert denied.denial.code == "rate_limited" and denied.denial.scope == KEY
+    assert denied.denial.retry_after_s == pytest.approx(20)
+    headers = denied.denial.rate_limit.headers()
+    assert headers["x-ratelimit-limit-requests"] == "3"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-reset-requests"] == "1m0s"
+    assert "x-ratelimit-limit-tokens" not in headers
+    clock.advance(20)
+    assert (await store.admit(request())).admitted
+
+
+async def test_tpm_limit_is_corrected_by_actual_tokens(store) -> None:
+    await store.set_rate_limit(RateLimit(TENANT, rpm=100, tpm=1000))
+    first = await store.admit(request(cand(tokens=400)))
+    assert first.rate_limit.limit_tokens == 1000 and first.rate_limit.remaining_tokens == 600
+    assert first.rate_limit.limit_requests == 100 and first.rate_limit.remaining_requests == 99
+    assert (await store.admit(request(cand(tokens=400)))).admitted
+    denied = await store.admit(request(cand(tokens=400)))
+    assert denied.denial.code == "rate_limited" and "tokens" in denied.denial.message
+    await store.settle(first.reservation_id, 10, 100)  # 300 tokens fewer than estimated
+    assert (await store.admit(request(cand(tokens=400)))).admitted
+
+
+async def test_model_rate_limit_skips_the_candidate(store) -> None:
+    await store.set_rate_limit(RateLimit(Scope("model", "opus"), rpm=1))
+    await store.set_rate_limit(RateLimit(Scope("provider", "anthropic"), rpm=2))
+    plan = (cand("opus", 1, provider="anthropic"), cand("sonnet", 1, provider="anthropic"))
+    assert (await store.admit(request(*plan))).candidate_index == 0
+    second = await store.admit(request(*plan))
+    assert second.candidate_index == 1 and second.skipped == ((0, "rate_limit"),)
+    denied = await store.admit(request(*plan))
+    assert denied.skipped == ((0, "rate_limit"), (1, "rate_limit"))
+    assert denied.denial.code == "rate_limited"
+    assert denied.denial.scope in (Scope("model", "opus"), Scope("provider", "anthropic"))
+
+
+def test_durations_look_like_openai_headers() -> None:
+    assert [format_duration(s) for s in (0.02, 1, 6.5, 360, 3723)] == ["20ms", "1s", "6.5s", "6m0s", "1h2m3s"]
+
+
+# ---- admin -----------------------------------------------------------------------------
+
+
+async def test_admin_limits_round_trip(store) -> None:
+    await store.set_cap(SpendCap(TENANT, DAY, 1000))
+    await store.set_cap(SpendCap(TENANT, Window.parse("rolling:3600"), 50))
+    await store.set_rate_limit(RateLimit(KEY, rpm=10, tpm=None))
+    await store.set_share_quota(ShareQuota(TENANT, "premium", 0.2, 3600))
+    assert set(await store.list_caps()) == {
+        SpendCap(TENANT, DAY, 1000),
+        SpendCap(TENANT, Window.parse("rolling:3600"), 50),
+    }
+    assert await store.list_rate_limits() == [RateLimit(KEY, 10, None)]
+    assert await store.list_share_quotas() == [ShareQuota(TENANT, "premium", 0.2, 3600)]
+    assert await store.delete_cap(TENANT, DAY)
+    assert not await store.delete_cap(TENANT, DAY)
+    assert await store.delete_rate_limit(KEY)
+    assert await store.delete_share_quota(TENANT, "premium", 3600)
+    assert await store.list_caps() == [SpendCap(TENANT, Window.parse("rolling:3600"), 50)]
+    assert await store.list_rate_limits() == [] and await store.list_share_quotas() == []
+
+
+async def test_load_static_never_clobbers_admin_values(store) -> None:
+    await store.load_static([SpendCap(TENANT, DAY, 100), SpendCap(KEY, DAY, 5)], [RateLimit(TENANT, rpm=60)])
+    await store.set_cap(SpendCap(TENANT, DAY, 999))  # an operator raised it at run time
+    await store.load_static([SpendCap(TENANT, DAY, 200)], [RateLimit(TENANT, rpm=30)])
+    caps = await store.list_caps()
+    assert SpendCap(TENANT, DAY, 999) in caps  # admin wins
+    assert SpendCap(KEY, DAY, 5) not in caps  # dropped from the policy file: gone
+    assert await store.list_rate_limits() == [RateLimit(TENANT, 30, None)]  # static follows the file
+
+
+async def test_get_spend_without_cap_and_reset_scope(store) -> None:
+    admitted = await store.admit(request())
+    status = await store.get_spend(TENANT, DAY)
+    assert status.limit_micros is None and status.remaining_micros is None
+    await store.set_cap(SpendCap(TENANT, DAY, 1000))
+    await store.set_rate_limit(RateLimit(TENANT, rpm=1))
+    held = await store.admit(request(cand(cost=300)))
+    await store.settle(held.reservation_id, 900, 1)
+    assert (await store.get_spend(TENANT, DAY)).spent_micros == 900
+    assert not (await store.admit(request(cand(cost=50)))).admitted
+    await store.reset_scope(TENANT)
+    status = await store.get_spend(TENANT, DAY)
+    assert (status.spent_micros, status.remaining_micros) == (0, 1000)
+    assert (await store.admit(request(cand(cost=50)))).admitted  # the rpm cell was cleared too
+    assert await store.settle(admitted.reservation_id, 1, 1) == "settled"
+
+
+async def test_client_keys_store_only_the_hash(store) -> None:
+    key_id, plaintext = await store.create_key("acme", team="search")
+    digest = hashlib.sha256(plaintext.encode()).hexdigest()
+    record = await store.lookup_key(digest)
+    assert record is not None and (record.key_id, record.tenant, record.team) == (key_id, "acme", "search")
+    assert await store.lookup_key(hashlib.sha256(b"wrong").hexdigest()) is None
+    with pytest.raises(ValueError, match="already exists"):
+        await store.create_key("other", key_id=key_id)
+    assert await store.revoke_key(key_id)
+    assert not await store.revoke_key(key_id)
+    assert await store.lookup_key(digest) is None  # revoked here: no cache delay
+    if isinstance(store, RedisQuotaStore):
+        stored = await store.client.keys(store.prefix + "*")
+        assert not any(plaintext.encode() in k for k in stored)
