@@ -12,7 +12,7 @@ from .api import chat, health, models
 from .auth import KeyRing, Principal, hash_key
 from .config import GatewayConfig, parse_api_keys_env
 from .forward import Forwarder, RetryPolicy
-from .middleware import request_context
+from .middleware import MAX_BODY_BYTES, request_context
 from .providers.anthropic import AnthropicAdapter
 from .providers.gemini import GeminiAdapter
 from .providers.openai import OpenAIAdapter
@@ -36,7 +36,7 @@ def create_app(config: GatewayConfig, env: Mapping[str, str] | None = None) -> w
     state = GatewayState(config=config, env=env, runtime=Runtime(config, env), keyring=build_keyring(config, env))
     app = web.Application(middlewares=[request_context], client_max_size=config.server.max_body_bytes)
     app[STATE] = state
-    app["max_body_bytes"] = config.server.max_body_bytes
+    app[MAX_BODY_BYTES] = config.server.max_body_bytes
     app.cleanup_ctx.append(_upstream_session)
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_get("/v1/models", models.list_models)

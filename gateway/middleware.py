@@ -20,6 +20,8 @@ log = logging.getLogger("gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+MAX_BODY_BYTES: web.AppKey[int] = web.AppKey("max_body_bytes", int)
 _MAX_CLIENT_REQUEST_ID = 128
 
 
@@ -33,7 +35,7 @@ def request_id_for(request: web.Request) -> str:
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request_id_for(request)
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
     except GatewayError as error:
@@ -67,7 +69,7 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> Gatewa
             headers={"Allow": allowed} if allowed else None,
         )
     if exc.status == 413:
-        limit = request.app["max_body_bytes"] if "max_body_bytes" in request.app else None
+        limit = request.app.get(MAX_BODY_BYTES)
         detail = f" of {limit} bytes" if limit else ""
         return GatewayError(413, f"The request body exceeds the gateway's size limit{detail}.", code="request_too_large")
     return GatewayError(exc.status, exc.reason or "Request rejected.", code="http_error")

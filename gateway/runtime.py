@@ -40,7 +40,7 @@ def build_snapshot(config: GatewayConfig, env: Mapping[str, str]) -> RoutingSnap
     catalog = load_catalog(config.catalog_path or default_catalog_path())
     policy = load_policy(config.policy_path or default_policy_path(), catalog)
     try:
-        rules = compile_rules(policy.classifier_rules)
+        rules = compile_rules(dict(policy.classifier_rules))
     except ValueError as exc:
         raise ReloadError(f"{config.policy_path or default_policy_path()}: classifier: {exc}") from None
     deployments = {model.key: _deployment(catalog, model, config, env) for model in catalog.models}

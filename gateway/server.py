@@ -20,6 +20,8 @@ from typing import Callable
 import uvloop
 from aiohttp import web
 
+from .state import STATE
+
 log = logging.getLogger("gateway.server")
 
 AppFactory = Callable[[], "web.Application | asyncio.Future[web.Application]"]
@@ -30,7 +32,9 @@ async def serve_app(
     ready: Callable[[int], None] | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT, then drain gracefully."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout, handler_cancellation=True
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
     await site.start()
@@ -44,7 +48,8 @@ async def serve_app(
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("draining: no new connections, waiting up to %.0fs for in-flight requests", shutdown_timeout)
-    app["draining"] = True
+    if STATE in app:
+        app[STATE].draining = True  # readiness answers 503 from now on
     await runner.cleanup()
     log.info("stopped")
 

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ..classify import Classification, HintError, classify
 from ..errors import GatewayError
+from ..middleware import REQUEST_ID
 from ..forward import AllAttemptsFailed, AttemptRecord, StreamBroken
 from ..providers.base import Deployment
 from ..providers.errors import ErrorKind, UpstreamError
@@ -75,7 +76,7 @@ async def _stream(
     first = stream.deployment
     headers.update(_answer_headers(first, stream.attempts, None))
     response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
-    response.headers["x-request-id"] = request["request_id"]
+    response.headers["x-request-id"] = request[REQUEST_ID]
     try:
         await response.prepare(request)
         async for chunk in stream.chunks():

@@ -15,7 +15,7 @@ async def ready(request: web.Request) -> web.Response:
     state = request.app[STATE]
     checks: dict[str, str] = {"config": "ok", "policy": state.runtime.current.policy_version}
     ok = True
-    if state.draining or request.app.get("draining"):
+    if state.draining:
         checks["shutdown"] = "draining"
         ok = False
     for name, probe in state.readiness_probes.items():

@@ -19,8 +19,8 @@ async def list_models(request: web.Request) -> web.Response:
         {"id": name, "object": "model", "created": _CREATED, "owned_by": "gateway"} for name in VIRTUAL_MODELS
     ]
     data += [
-        {"id": model.id, "object": "model", "created": _CREATED, "owned_by": model.provider}
-        for model in catalog.models.values()
+        {"id": model_id, "object": "model", "created": _CREATED, "owned_by": deployments[0].provider}
+        for model_id, deployments in catalog.by_id.items()
     ]
     return web.json_response({"object": "list", "data": data})
 
@@ -32,7 +32,7 @@ async def get_model(request: web.Request) -> web.Response:
     catalog = state.runtime.current.catalog
     if name in VIRTUAL_MODELS:
         return web.json_response({"id": name, "object": "model", "created": _CREATED, "owned_by": "gateway"})
-    model = catalog.models.get(name)
-    if model is None:
+    found = catalog.resolve(name)
+    if not found:
         raise GatewayError(404, f"The model '{name}' does not exist in this gateway's catalog.", param="model", code="model_not_found")
-    return web.json_response({"id": model.id, "object": "model", "created": _CREATED, "owned_by": model.provider})
+    return web.json_response({"id": name, "object": "model", "created": _CREATED, "owned_by": found[0].provider})

@@ -1,0 +1,105 @@
+"""The decision log: one record per request, appended without blocking the request.
+
+Two sinks: a size-rotated JSONL file (the default), written by a stdlib QueueListener
+thread so the event loop only pays for a queue put; and a Redis stream (XADD, capped with
+MAXLEN ~) when Redis is configured, flushed in batches by a background task. Records
+never hold prompt text unless the policy opts in (`decision_log.include_prompt`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import logging.handlers
+import queue
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+log = logging.getLogger("gateway.decisions")
+
+
+class DecisionSink(Protocol):
+    def append(self, record: dict[str, Any]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class _RawLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage()
+
+
+class JsonlDecisionLog:
+    """Rotating JSONL file; `append` is a non-blocking queue put."""
+
+    def __init__(self, path: str, max_bytes: int, backups: int) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        handler.setFormatter(_RawLine())
+        self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        self._listener = logging.handlers.QueueListener(self._queue, handler)
+        self._handler = handler
+        self._listener.start()
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = orjson.dumps(record).decode()
+        self._queue.put(logging.LogRecord("decisions", logging.INFO, "", 0, line, None, None))
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._listener.stop)
+        self._handler.close()
+
+
+class RedisStreamDecisionLog:
+    """XADD to a capped Redis stream, batched; a Redis outage drops records, never requests."""
+
+    def __init__(self, redis: Any, stream: str = "gateway:decisions", max_len: int = 1_000_000, batch: int = 256) -> None:
+        self._redis = redis
+        self._stream = stream
+        self._max_len = max_len
+        self._batch = batch
+        self._pending: list[bytes] = []
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.dropped = 0
+
+    def append(self, record: dict[str, Any]) -> None:
+        if len(self._pending) >= 100 * self._batch:
+            self.dropped += 1  # bounded memory while Redis is away
+            return
+        self._pending.append(orjson.dumps(record))
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[: self._batch], self._pending[self._batch :]
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for item in batch:
+                    pipe.xadd(self._stream, {"d": item}, maxlen=self._max_len, approximate=True)
+                await pipe.execute()
+            except Exception as exc:  # noqa: BLE001 - the log must never take requests down
+                self.dropped += len(batch)
+                log.warning("decision log: dropped %d records, Redis failed: %s", len(batch), type(exc).__name__)
+                return
+
+    async def close(self) -> None:
+        await self._flush()
+        self._task.cancel()
+
+
+class NullDecisionLog:
+    def append(self, record: dict[str, Any]) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
