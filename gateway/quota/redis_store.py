@@ -137,6 +137,7 @@ class RedisQuotaStore:
         self._queued: deque[Settlement | str] = deque(maxlen=_MAX_QUEUED)
         self._background: asyncio.Task[None] | None = None
         self._key_cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._reconciling = asyncio.Lock()  # one pusher at a time, or a batch could be pushed twice
 
     @property
     def degraded_count(self) -> int:
@@ -179,6 +180,10 @@ class RedisQuotaStore:
 
     async def reconcile(self) -> int:
         """Push what was charged locally and replay queued settles; returns items pushed."""
+        async with self._reconciling:
+            return await self._reconcile()
+
+    async def _reconcile(self) -> int:
         journal = self.local.journal
         assert journal is not None
         pushed = 0
