@@ -393,7 +393,7 @@ requests = st.one_of(st.none(), st.sampled_from(["auto", "auto:cost", "auto:qual
 breakers = st.frozensets(st.sampled_from([m.key for m in CAT.models]), max_size=3)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(c=classifications, tenant=tenants, r=routes, requested=requests, unavailable=breakers)
 def test_plans_never_break_floor_privacy_or_region(c: Classification, tenant: Tenant, r: Route,
                                                     requested: str | None, unavailable: frozenset[str]) -> None:
