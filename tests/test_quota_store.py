@@ -5,6 +5,7 @@ Both run on a fake clock, so windows, resets and expiry are tested without sleep
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from datetime import datetime, timezone
@@ -371,3 +372,71 @@ async def test_client_keys_store_only_the_hash(store) -> None:
     if isinstance(store, RedisQuotaStore):
         stored = await store.client.keys(store.prefix + "*")
         assert not any(plaintext.encode() in k for k in stored)
+
+
+# ---- Redis only ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def redis_store(redis_server: RedisServer) -> AsyncIterator[RedisQuotaStore]:
+    store = RedisQuotaStore(redis_server.url, namespace=uuid.uuid4().hex[:12], timeout_s=2.0)
+    yield store
+    await store.close()
+
+
+async def test_concurrent_admissions_share_round_trips(redis_store: RedisQuotaStore) -> None:
+    await redis_store.set_cap(SpendCap(TENANT, DAY, 10 * 400))
+    before = redis_store._caller.round_trips
+    results = await asyncio.gather(*(redis_store.admit(request()) for _ in range(32)))
+    assert redis_store._caller.round_trips - before < 32  # pipelined, not one trip each
+    assert sum(r.admitted for r in results) == 10  # and still exact: each script is atomic
+    assert (await redis_store.get_spend(TENANT, DAY)).reserved_micros == 4000
+
+
+async def test_scripts_reload_after_script_flush(redis_store: RedisQuotaStore) -> None:
+    assert (await redis_store.admit(request())).admitted
+    await redis_store.client.script_flush()
+    assert (await redis_store.admit(request())).admitted
+    results = await asyncio.gather(*(redis_store.admit(request()) for _ in range(3)))
+    await redis_store.client.script_flush()
+    results += await asyncio.gather(*(redis_store.admit(request()) for _ in range(3)))  # NOSCRIPT inside a pipeline
+    assert all(r.admitted for r in results)
+
+
+async def test_every_key_carries_the_namespace_hash_tag(redis_store: RedisQuotaStore) -> None:
+    await redis_store.set_cap(SpendCap(TENANT, DAY, 10_000))
+    await redis_store.set_rate_limit(RateLimit(Scope("model", "gpt-4o"), rpm=10, tpm=10_000))
+    await redis_store.set_share_quota(ShareQuota(TENANT, "standard", 1.0, 60))
+    admitted = await redis_store.admit(request())
+    await redis_store.create_key("acme")
+    keys = await redis_store.client.keys("*" + redis_store.prefix[1:-2] + "*")
+    assert len(keys) >= 6
+    assert all(k.decode().startswith(redis_store.prefix) for k in keys)
+    await redis_store.settle(admitted.reservation_id, 1, 1)
+
+
+async def test_revocation_on_another_replica_is_honoured_within_the_cache_ttl(redis_server: RedisServer) -> None:
+    namespace = uuid.uuid4().hex[:12]
+    replica_a = RedisQuotaStore(redis_server.url, namespace=namespace, key_cache_ttl_s=0.2)
+    replica_b = RedisQuotaStore(redis_server.url, namespace=namespace)
+    key_id, plaintext = await replica_b.create_key("acme")
+    digest = hashlib.sha256(plaintext.encode()).hexdigest()
+    assert (await replica_a.lookup_key(digest)).tenant == "acme"
+    assert await replica_b.revoke_key(key_id)
+    await asyncio.sleep(0.25)
+    assert await replica_a.lookup_key(digest) is None
+    await replica_a.close()
+    await replica_b.close()
+
+
+async def test_limits_set_on_one_replica_apply_on_another_at_once(redis_server: RedisServer) -> None:
+    namespace = uuid.uuid4().hex[:12]
+    replica_a = RedisQuotaStore(redis_server.url, namespace=namespace)
+    replica_b = RedisQuotaStore(redis_server.url, namespace=namespace)
+    await replica_b.set_cap(SpendCap(TENANT, DAY, 500))
+    assert (await replica_a.admit(request())).admitted
+    assert not (await replica_b.admit(request())).admitted  # 400 held by A + 400 > 500
+    await replica_b.set_cap(SpendCap(TENANT, DAY, 800))
+    assert (await replica_a.admit(request())).admitted
+    await replica_a.close()
+    await replica_b.close()
