@@ -100,7 +100,8 @@ def replicas(server: RedisServer) -> dict[str, Any]:
     context.set_forkserver_preload([__name__])
     barrier, results = context.Barrier(PROCESSES), context.Queue()
     processes = [
-        context.Process(target=_replica_process, args=(server.url, namespace, barrier, results)) for _ in range(PROCESSES)
+        context.Process(target=_replica_process, args=(server.url, namespace, barrier, results))
+        for _ in range(PROCESSES)
     ]
     for process in processes:
         process.start()
@@ -166,7 +167,9 @@ async def test_fail_open_keeps_admitting_and_reconciles(own_server: RedisServer)
         while not stop.is_set():
             try:
                 admission = await store.admit(
-                    AdmissionRequest(uuid.uuid4().hex, [tenant], [CandidateCost("m", "p", "standard", 1_000, 10)], ttl_s=2)
+                    AdmissionRequest(
+                        uuid.uuid4().hex, [tenant], [CandidateCost("m", "p", "standard", 1_000, 10)], ttl_s=2
+                    )
                 )
                 assert admission.admitted
                 degraded.append(admission.degraded)
@@ -238,4 +241,32 @@ async def test_fail_closed_raises_promptly_when_redis_is_down_or_hung(own_server
     assert admission.admitted and not admission.degraded
     await store.reconcile()
     assert (await store.get_spend(tenant, DAY)).spent_micros == 70
+    await store.close()
+
+
+async def test_degraded_admissions_respect_the_last_known_shared_spend(own_server: RedisServer) -> None:
+    store = RedisQuotaStore(own_server.url, failure_mode="fail_open", timeout_s=0.3, retry_interval_s=0.1)
+    tenant = Scope("tenant", "acme")
+    await store.set_cap(SpendCap(tenant, DAY, 1_000))
+
+    def request(cost: int) -> AdmissionRequest:
+        return AdmissionRequest(uuid.uuid4().hex, [tenant], [CandidateCost("m", "p", "standard", cost, 10)])
+
+    await store.settle((await store.admit(request(400))).reservation_id, 400, 10)
+    assert (await store.admit(request(400))).admitted  # still held when Redis goes away
+    await store.refresh_snapshot()
+    await asyncio.to_thread(own_server.stop)
+
+    too_much = await store.admit(request(300))
+    assert too_much.degraded and not too_much.admitted
+    assert too_much.denial.code == "budget_exceeded"
+    fits = await store.admit(request(200))
+    assert fits.degraded and fits.admitted
+    assert store.degraded_count == 2 and store.redis_failures >= 1
+    assert await store.settle(fits.reservation_id, 150, 10) == "settled"
+
+    await asyncio.to_thread(own_server.start)
+    await asyncio.sleep(0.15)
+    await store.reconcile()
+    assert (await store.get_spend(tenant, DAY)).spent_micros == 550
     await store.close()

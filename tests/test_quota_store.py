@@ -12,12 +12,12 @@ from datetime import datetime, timezone
 from typing import AsyncIterator, Iterator
 
 import pytest
-from tests.redis_server import RedisServer
 
+from gateway.quota import open_store
 from gateway.quota.base import (
+    GLOBAL,
     AdmissionRequest,
     CandidateCost,
-    GLOBAL,
     RateLimit,
     Scope,
     Settlement,
@@ -28,6 +28,7 @@ from gateway.quota.base import (
 from gateway.quota.memory import MemoryQuotaStore
 from gateway.quota.redis_store import RedisQuotaStore
 from gateway.quota.windows import DAY, MONTH, Window
+from tests.redis_server import RedisServer
 
 START = datetime(2026, 3, 10, 12, 0, tzinfo=timezone.utc).timestamp()
 TENANT = Scope("tenant", "acme")
@@ -47,11 +48,15 @@ class FakeClock:
         self.now += seconds
 
 
-def cand(model: str = "gpt-4o", cost: int = 400, tier: str = "standard", tokens: int = 100, provider: str = "openai") -> CandidateCost:
+def cand(
+    model: str = "gpt-4o", cost: int = 400, tier: str = "standard", tokens: int = 100, provider: str = "openai"
+) -> CandidateCost:
     return CandidateCost(model, provider, tier, cost, tokens)
 
 
-def request(*candidates: CandidateCost, scopes=(TENANT, KEY, TEAM, ROUTE), ttl_s: float | None = None) -> AdmissionRequest:
+def request(
+    *candidates: CandidateCost, scopes=(TENANT, KEY, TEAM, ROUTE), ttl_s: float | None = None
+) -> AdmissionRequest:
     return AdmissionRequest(uuid.uuid4().hex, list(scopes), list(candidates or [cand()]), ttl_s=ttl_s)
 
 
@@ -81,7 +86,9 @@ async def store(request, clock: FakeClock) -> AsyncIterator[MemoryQuotaStore | R
 # ---- spend caps ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scope", [GLOBAL, TENANT, TEAM, KEY, ROUTE, Scope("model", "gpt-4o"), Scope("provider", "openai")])
+@pytest.mark.parametrize(
+    "scope", [GLOBAL, TENANT, TEAM, KEY, ROUTE, Scope("model", "gpt-4o"), Scope("provider", "openai")]
+)
 async def test_day_cap_applies_to_every_scope_kind(store, clock, scope: Scope) -> None:
     await store.set_cap(SpendCap(scope, DAY, 1000))
     assert (await store.admit(request())).admitted
@@ -440,3 +447,11 @@ async def test_limits_set_on_one_replica_apply_on_another_at_once(redis_server: 
     assert (await replica_a.admit(request())).admitted
     await replica_a.close()
     await replica_b.close()
+
+
+async def test_open_store_picks_the_implementation_from_the_url(redis_server: RedisServer) -> None:
+    assert isinstance(open_store(None), MemoryQuotaStore)
+    shared = open_store(redis_server.url, failure_mode="fail_closed", namespace=uuid.uuid4().hex[:12])
+    assert isinstance(shared, RedisQuotaStore) and shared.failure_mode == "fail_closed"
+    assert await shared.ping()
+    await shared.close()

@@ -8,7 +8,7 @@ The memory store drives it; lua/admit.lua makes the same decisions inside Redis,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .base import Admission, AdmissionRequest, CandidateCost, Denial, RateLimitInfo, Scope, SkipReason
 from .windows import GcraResult, Window
@@ -71,7 +71,9 @@ def cap_message(scope_key: str, window: Window, limit: int, remaining: int, cost
 
 
 def share_message(scope_key: str, tier: str, window_s: int, max_share: float) -> str:
-    return f"route quota of {scope_key}: tier {tier} may take at most {max_share:.0%} of requests over rolling:{window_s}"
+    return (
+        f"route quota of {scope_key}: tier {tier} may take at most {max_share:.0%} of requests over rolling:{window_s}"
+    )
 
 
 class AdmissionBuilder:
@@ -131,7 +133,9 @@ class AdmissionBuilder:
         assert self.blocked is not None
         retry, scope_key, kind, limit = self.blocked
         info = rate_info(self._requests, self._tokens)
-        denial = Denial("rate_limited", Scope.parse(scope_key), None, rate_message(scope_key, kind, limit, retry), retry, info)
+        denial = Denial(
+            "rate_limited", Scope.parse(scope_key), None, rate_message(scope_key, kind, limit, retry), retry, info
+        )
         return Admission(False, None, None, (), denial, self.degraded, info)
 
     # -- the candidate walk --
@@ -170,7 +174,9 @@ class AdmissionBuilder:
             if self._share_block is None or retry < self._share_block[0]:
                 self._share_block = (retry, scope_key, tier, window_s, max_share)
 
-    def candidate_rate_checks(self, candidate: CandidateCost, cap_scopes: Sequence[str]) -> Iterator[tuple[str, str, int, int]]:
+    def candidate_rate_checks(
+        self, candidate: CandidateCost, cap_scopes: Sequence[str]
+    ) -> Iterator[tuple[str, str, int, int]]:
         for scope_key in self.request_scopes:
             tpm = self._limits_of(scope_key).tpm
             if tpm:
@@ -208,14 +214,52 @@ class AdmissionBuilder:
         elif self._cap_block is not None:
             remaining, scope_key, window, limit, resets_at, cost = self._cap_block
             denial = Denial(
-                "budget_exceeded", Scope.parse(scope_key), window, cap_message(scope_key, window, limit, remaining, cost),
+                "budget_exceeded",
+                Scope.parse(scope_key),
+                window,
+                cap_message(scope_key, window, limit, remaining, cost),
                 max(0.0, resets_at - self.now),
             )
         else:
             assert self._share_block is not None
             retry, scope_key, tier, window_s, max_share = self._share_block
             denial = Denial(
-                "budget_exceeded", Scope.parse(scope_key), Window("rolling", window_s),
-                share_message(scope_key, tier, window_s, max_share), retry,
+                "budget_exceeded",
+                Scope.parse(scope_key),
+                Window("rolling", window_s),
+                share_message(scope_key, tier, window_s, max_share),
+                retry,
             )
         return Admission(False, None, None, tuple(self.skipped), denial, self.degraded, info)
+
+
+def _info(requests: list[Any] | None, tokens: list[Any] | None) -> RateLimitInfo | None:
+    if not requests and not tokens:
+        return None
+    r = requests or [None, None, None]
+    t = tokens or [None, None, None]
+    as_int = lambda v: None if v is None else int(v)  # noqa: E731
+    as_float = lambda v: None if v is None else float(v)  # noqa: E731
+    return RateLimitInfo(as_int(r[0]), as_int(r[1]), as_float(r[2]), as_int(t[0]), as_int(t[1]), as_float(t[2]))
+
+
+def decode_admission(raw: dict[str, Any], reservation_id: str) -> Admission:
+    """admit.lua's JSON reply as an Admission (cjson writes an empty list as {})."""
+    skipped = tuple((int(i), reason) for i, reason in (raw.get("s") or []))
+    info = _info(raw.get("rq"), raw.get("tk"))
+    if raw["a"] == 1:
+        return Admission(True, int(raw["i"]), reservation_id, skipped, None, False, info)
+    d = raw["d"]
+    scope = Scope.parse(d["scope"])
+    retry = float(d["retry"])
+    if d["k"] == "rate":
+        message = rate_message(d["scope"], d["kind"], int(d["limit"]), retry)
+        denial = Denial("rate_limited", scope, None, message, retry, info)
+    elif d["k"] == "cap":
+        window = Window.parse(d["spec"])
+        message = cap_message(d["scope"], window, int(d["limit"]), int(d["remaining"]), int(d["cost"]))
+        denial = Denial("budget_exceeded", scope, window, message, retry)
+    else:
+        message = share_message(d["scope"], d["tier"], int(d["win"]), float(d["max"]))
+        denial = Denial("budget_exceeded", scope, Window("rolling", int(d["win"])), message, retry)
+    return Admission(False, None, None, skipped, denial, False, info)

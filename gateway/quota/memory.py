@@ -24,8 +24,8 @@ from .base import (
     KeyRecord,
     RateLimit,
     Scope,
-    SettleOutcome,
     Settlement,
+    SettleOutcome,
     ShareQuota,
     SpendCap,
     SpendStatus,
@@ -110,7 +110,13 @@ class MemoryQuotaStore:
             for scope_key, tier, window_s, max_share in builder.share_checks(candidate):
                 counts = self._ledger.share_counts(scope_key, window_s, now)
                 builder.check_share(
-                    scope_key, tier, window_s, max_share, counts.total(tier), counts.total("n"), counts.drop_time(tier, now)
+                    scope_key,
+                    tier,
+                    window_s,
+                    max_share,
+                    counts.total(tier),
+                    counts.total("n"),
+                    counts.drop_time(tier, now),
                 )
             if builder.skip_if_failed(index, "route_quota"):
                 continue
@@ -143,7 +149,9 @@ class MemoryQuotaStore:
             shares.append((scope_key, window_s, slot, candidate.tier))
         reservation_id = self.id_prefix + os.urandom(12).hex()
         ttl = builder.request.ttl_s or self.reservation_ttl_s
-        self._reservations[reservation_id] = _Reservation(cost, candidate.tokens, counters, token_scopes, shares, now + ttl)
+        self._reservations[reservation_id] = _Reservation(
+            cost, candidate.tokens, counters, token_scopes, shares, now + ttl
+        )
         heapq.heappush(self._expiry, (now + ttl, reservation_id))
         return builder.admitted(index, reservation_id)
 
@@ -234,7 +242,7 @@ class MemoryQuotaStore:
         if reservation is None or reservation.state != "active" or reservation.deadline <= now:
             return False
         counters = [self._ledger.counter_by_key(key) for key in reservation.counters]
-        for key, counter in zip(reservation.counters, counters):
+        for key, counter in zip(reservation.counters, counters, strict=True):
             limit = self._config.get(key[0], {}).get(cap_field(counter.window))
             if limit is not None and counter.spent_total(now) + counter.reserved + extra_micros > int(limit):
                 return False

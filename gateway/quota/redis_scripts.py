@@ -84,7 +84,7 @@ class ScriptCaller:
                 if not future.done():
                     future.set_exception(error)
             return
-        for (_, _, future), result in zip(batch, results):
+        for (_, _, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
             if isinstance(result, Exception):
@@ -107,7 +107,7 @@ class ScriptCaller:
             for name in missing:
                 await self._client.script_load(_SOURCES[name])
             retry = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            for i, result in zip(retry, await self._pipeline([batch[i] for i in retry])):
+            for i, result in zip(retry, await self._pipeline([batch[i] for i in retry]), strict=True):
                 results[i] = result
         return results
 

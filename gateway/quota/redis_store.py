@@ -44,18 +44,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .admission import cap_message, rate_message, share_message
+from .admission import decode_admission
 from .base import (
     Admission,
     AdmissionRequest,
-    Denial,
     KeyRecord,
     QuotaUnavailable,
     RateLimit,
-    RateLimitInfo,
     Scope,
-    SettleOutcome,
     Settlement,
+    SettleOutcome,
     ShareQuota,
     SpendCap,
     SpendStatus,
@@ -258,7 +256,7 @@ class RedisQuotaStore:
                 for i, _ in shared:
                     outcomes[i] = "queued"
             else:
-                for (i, _), outcome in zip(shared, orjson.loads(raw)):
+                for (i, _), outcome in zip(shared, orjson.loads(raw), strict=True):
                     outcomes[i] = outcome
         if self.local.journal and time.monotonic() >= self._down_until:
             self._was_down = True  # local spend is waiting to be pushed
@@ -434,34 +432,3 @@ class RedisQuotaStore:
         if self._owns_client:
             await self.client.aclose()
 
-
-def _info(requests: list[Any] | None, tokens: list[Any] | None) -> RateLimitInfo | None:
-    if not requests and not tokens:
-        return None
-    r = requests or [None, None, None]
-    t = tokens or [None, None, None]
-    as_int = lambda v: None if v is None else int(v)  # noqa: E731
-    as_float = lambda v: None if v is None else float(v)  # noqa: E731
-    return RateLimitInfo(as_int(r[0]), as_int(r[1]), as_float(r[2]), as_int(t[0]), as_int(t[1]), as_float(t[2]))
-
-
-def decode_admission(raw: dict[str, Any], reservation_id: str) -> Admission:
-    """admit.lua's JSON reply as an Admission (cjson writes an empty list as {})."""
-    skipped = tuple((int(i), reason) for i, reason in (raw.get("s") or []))
-    info = _info(raw.get("rq"), raw.get("tk"))
-    if raw["a"] == 1:
-        return Admission(True, int(raw["i"]), reservation_id, skipped, None, False, info)
-    d = raw["d"]
-    scope = Scope.parse(d["scope"])
-    retry = float(d["retry"])
-    if d["k"] == "rate":
-        message = rate_message(d["scope"], d["kind"], int(d["limit"]), retry)
-        denial = Denial("rate_limited", scope, None, message, retry, info)
-    elif d["k"] == "cap":
-        window = Window.parse(d["spec"])
-        message = cap_message(d["scope"], window, int(d["limit"]), int(d["remaining"]), int(d["cost"]))
-        denial = Denial("budget_exceeded", scope, window, message, retry)
-    else:
-        message = share_message(d["scope"], d["tier"], int(d["win"]), float(d["max"]))
-        denial = Denial("budget_exceeded", scope, Window("rolling", int(d["win"])), message, retry)
-    return Admission(False, None, None, skipped, denial, False, info)
