@@ -270,3 +270,19 @@ async def test_degraded_admissions_respect_the_last_known_shared_spend(own_serve
     await store.reconcile()
     assert (await store.get_spend(tenant, DAY)).spent_micros == 550
     await store.close()
+
+
+async def test_fail_open_starts_without_redis_and_seeds_it_on_return(own_server: RedisServer) -> None:
+    await asyncio.to_thread(own_server.stop)
+    store = RedisQuotaStore(own_server.url, failure_mode="fail_open", timeout_s=0.3, retry_interval_s=0.1)
+    tenant = Scope("tenant", "acme")
+    await store.load_static([SpendCap(tenant, DAY, 500)])  # the policy file, read at start-up
+    request = AdmissionRequest(uuid.uuid4().hex, [tenant], [CandidateCost("m", "p", "standard", 400, 10)])
+    first = await store.admit(request)
+    assert first.admitted and first.degraded
+    assert not (await store.admit(request)).admitted  # the static cap holds locally too
+    await asyncio.to_thread(own_server.start)
+    await asyncio.sleep(0.15)
+    await store.reconcile()
+    assert await store.list_caps() == [SpendCap(tenant, DAY, 500)]
+    await store.close()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import secrets
 import time
 from collections import deque
@@ -72,6 +73,8 @@ from .fields import (
 from .memory import MemoryQuotaStore
 from .redis_scripts import ScriptCaller
 from .windows import Window
+
+log = logging.getLogger(__name__)
 
 FailureMode = Literal["fail_open", "fail_closed"]
 _REDIS_FAILURES = (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
@@ -130,11 +133,13 @@ class RedisQuotaStore:
         )
         self._caller = ScriptCaller(self.client, self.prefix + "cfgidx", self.prefix, timeout_s)
         self._down_until = 0.0
-        self._was_down = False
+        self._needs_reconcile = False
+        self._outage = False
         self._last_snapshot = float("-inf")
         self._queued: deque[Settlement | str] = deque(maxlen=_MAX_QUEUED)
         self._background: asyncio.Task[None] | None = None
         self._key_cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._pending_static: dict[str, Any] | None = None  # policy limits Redis has not seen yet
         self._reconciling = asyncio.Lock()  # one pusher at a time, or a batch could be pushed twice
 
     @property
@@ -155,13 +160,23 @@ class RedisQuotaStore:
         try:
             result = await self._caller.call(name, orjson.dumps(payload))
         except _REDIS_FAILURES as exc:
-            self.redis_failures += 1
-            self._down_until = time.monotonic() + self.retry_interval_s
-            self._was_down = True
-            raise QuotaUnavailable(f"quota store unavailable: {exc!r}") from exc
-        if self._was_down or time.monotonic() - self._last_snapshot > self.snapshot_interval_s:
+            raise self._mark_down(exc) from exc
+        if self._outage:
+            self._outage = False
+            log.warning("quota store: Redis answers again; reconciling local spend")
+        if self._needs_reconcile or time.monotonic() - self._last_snapshot > self.snapshot_interval_s:
             self._start_background()
         return result
+
+    def _mark_down(self, exc: BaseException) -> QuotaUnavailable:
+        self.redis_failures += 1
+        self._down_until = time.monotonic() + self.retry_interval_s
+        self._needs_reconcile = True
+        if not self._outage:
+            self._outage = True
+            mode = "serving degraded from local counters" if self.failure_mode == "fail_open" else "refusing admissions"
+            log.error("quota store: Redis unavailable (%r); %s", exc, mode)
+        return QuotaUnavailable(f"quota store unavailable: {exc!r}")
 
     def _start_background(self) -> None:
         if self._background is None or self._background.done():
@@ -169,7 +184,7 @@ class RedisQuotaStore:
 
     async def _recover_and_refresh(self) -> None:
         try:
-            if self._was_down:
+            if self._needs_reconcile:
                 await self.reconcile()
             else:
                 await self.refresh_snapshot()
@@ -185,6 +200,9 @@ class RedisQuotaStore:
         journal = self.local.journal
         assert journal is not None
         pushed = 0
+        if self._pending_static is not None:
+            await self._run("load_static", self._pending_static)
+            self._pending_static = None
         while journal:
             batch = journal[:500]
             await self._run("reconcile", {"items": batch})
@@ -198,7 +216,7 @@ class RedisQuotaStore:
                 await self._run("release", {"id": item, "ret": self.record_retention_s})
             self._queued.popleft()
             pushed += 1
-        self._was_down = False
+        self._needs_reconcile = False
         await self.refresh_snapshot()
         return pushed
 
@@ -218,6 +236,7 @@ class RedisQuotaStore:
             "now": request.now if request.now is not None else self._now(),
             "ttl": request.ttl_s or self.reservation_ttl_s,
             "id": secrets.token_hex(12),
+            "req": request.request_id,
             "ret": self.record_retention_s,
             "rs": [s.key for s in request.request_scopes()],
             "c": [
@@ -259,7 +278,7 @@ class RedisQuotaStore:
                 for (i, _), outcome in zip(shared, orjson.loads(raw), strict=True):
                     outcomes[i] = outcome
         if self.local.journal and time.monotonic() >= self._down_until:
-            self._was_down = True  # local spend is waiting to be pushed
+            self._needs_reconcile = True  # local spend is waiting to be pushed
             self._start_background()
         return outcomes
 
@@ -347,9 +366,19 @@ class RedisQuotaStore:
         rate_limits: Sequence[RateLimit] = (),
         share_quotas: Sequence[ShareQuota] = (),
     ) -> None:
-        """Seed the policy file's limits; values an admin set at run time win (see fields.py)."""
+        """Seed the policy file's limits; values an admin set at run time win (see fields.py).
+
+        With fail_open a gateway may start while Redis is away: the limits then apply locally
+        at once and are written to Redis by the reconcile that follows its return.
+        """
         await self.local.load_static(caps, rate_limits, share_quotas)
-        await self._run("load_static", {"desired": static_fields(caps, rate_limits, share_quotas)})
+        payload = {"desired": static_fields(caps, rate_limits, share_quotas)}
+        try:
+            await self._run("load_static", payload)
+        except QuotaUnavailable:
+            if self.failure_mode == "fail_closed":
+                raise
+            self._pending_static = payload
         self._last_snapshot = float("-inf")
 
     # ---- spend -----------------------------------------------------------------------
@@ -413,10 +442,7 @@ class RedisQuotaStore:
         try:
             return await asyncio.wait_for(call, self.timeout_s)
         except _REDIS_FAILURES as exc:
-            self.redis_failures += 1
-            self._down_until = time.monotonic() + self.retry_interval_s
-            self._was_down = True
-            raise QuotaUnavailable(f"quota store unavailable: {exc!r}") from exc
+            raise self._mark_down(exc) from exc
 
     async def ping(self) -> bool:
         """For readiness: can the shared store answer right now?"""
@@ -431,4 +457,3 @@ class RedisQuotaStore:
         await self._caller.close()
         if self._owns_client:
             await self.client.aclose()
-

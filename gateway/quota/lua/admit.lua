@@ -170,7 +170,8 @@ local function commit(index, c, counters, passed)
   end
   local rec = { c = counters, z = zs, t = token_scopes, s = shares }
   local key = res_key(id)
-  redis.call('HSET', key, 'st', 'a', 'amt', I(cost), 'tok', I(tokens), 'dl', F(deadline), 'd', cjson.encode(rec))
+  redis.call('HSET', key, 'st', 'a', 'amt', I(cost), 'tok', I(tokens), 'dl', F(deadline), 'd', cjson.encode(rec),
+    'req', req.req)  -- the request id, for whoever investigates a held reservation
   redis.call('PEXPIRE', key, I((req.ttl + retention) * 1000))
   return cjson.encode({ a = 1, i = index, s = skipped, rq = creq, tk = ctok })
 end
