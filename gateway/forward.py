@@ -62,11 +62,14 @@ class CompletionResult:
     attempts: list[AttemptRecord]
 
 
-AttemptObserver = Callable[[Deployment, AttemptRecord, UpstreamError | None], None]
+class AttemptHooks:
+    """Told about every attempt: breakers, metrics and tracing subscribe here."""
 
+    def started(self, deployment: Deployment) -> None:
+        return None
 
-def _noop_observer(deployment: Deployment, record: AttemptRecord, error: UpstreamError | None) -> None:
-    return None
+    def finished(self, deployment: Deployment, record: AttemptRecord, error: UpstreamError | None) -> None:
+        return None
 
 
 class Forwarder:
@@ -76,21 +79,27 @@ class Forwarder:
         adapters: Mapping[str, ProviderAdapter],
         timeouts: Timeouts,
         retry: RetryPolicy = RetryPolicy(),
-        observer: AttemptObserver = _noop_observer,
+        hooks: AttemptHooks = AttemptHooks(),
     ) -> None:
         self._client = client
         self._adapters = adapters
         self._timeouts = timeouts
         self._retry = retry
-        self._observer = observer
+        self.hooks = hooks
 
     def adapter(self, deployment: Deployment) -> ProviderAdapter:
         return self._adapters[deployment.api]
 
     async def complete(
-        self, body: Mapping[str, Any], deployments: Sequence[Deployment], deadline: float
+        self,
+        body: Mapping[str, Any],
+        deployments: Sequence[Deployment],
+        deadline: float,
+        *,
+        attempts: list[AttemptRecord] | None = None,
+        content_fallback: Deployment | None = None,
     ) -> CompletionResult:
-        attempts: list[AttemptRecord] = []
+        attempts = [] if attempts is None else attempts
 
         async def once(deployment: Deployment) -> dict[str, Any]:
             adapter = self.adapter(deployment)
@@ -101,7 +110,9 @@ class Forwarder:
                 raise adapter.map_error(response.status, response.headers, data)
             return adapter.parse_response(data, deployment)
 
-        deployment, response = await self.run_attempts(deployments, deadline, attempts, once)
+        deployment, response = await self.run_attempts(
+            deployments, deadline, attempts, once, content_fallback=content_fallback
+        )
         return CompletionResult(response, deployment, attempts)
 
     async def open_stream(
@@ -111,15 +122,17 @@ class Forwarder:
         deadline: float,
         *,
         allow_continuation: bool = True,
+        attempts: list[AttemptRecord] | None = None,
+        content_fallback: Deployment | None = None,
     ) -> "UpstreamStream":
         """Try candidates until one stream yields its first chunk; failures before it are invisible."""
-        attempts: list[AttemptRecord] = []
+        attempts = [] if attempts is None else attempts
         stream = UpstreamStream(self, body, list(deployments), deadline, attempts, allow_continuation)
 
         async def once(deployment: Deployment) -> None:
             await stream.start(deployment)
 
-        await self.run_attempts(deployments, deadline, attempts, once)
+        await self.run_attempts(deployments, deadline, attempts, once, content_fallback=content_fallback)
         return stream
 
     async def run_attempts(
@@ -130,20 +143,28 @@ class Forwarder:
         once: Callable[[Deployment], Awaitable[T]],
         *,
         continuation: bool = False,
+        content_fallback: Deployment | None = None,
     ) -> tuple[Deployment, T]:
-        """Try each deployment in order (with retries for transient errors) until one succeeds."""
+        """Try each deployment in order (with retries for transient errors) until one succeeds.
+
+        context_length skips the candidates whose window is no larger than the one that
+        refused; content_filter goes to the route's content fallback, or back to the client.
+        """
+        queue = list(deployments)
         last_error: UpstreamError | None = None
-        for deployment in deployments:
+        while queue:
+            deployment = queue.pop(0)
             retry = 0
             while True:
                 started = time.perf_counter()
+                self.hooks.started(deployment)
                 try:
                     result = await once(deployment)
                 except UpstreamError as error:
                     record = self._record(
                         attempts, deployment, error.kind.value, started, error.status, retry, continuation
                     )
-                    self._observer(deployment, record, error)
+                    self.hooks.finished(deployment, record, error)
                     last_error = _prefer(last_error, error)
                     if not error.failover:
                         raise AllAttemptsFailed(error, attempts) from None
@@ -154,15 +175,24 @@ class Forwarder:
                     await asyncio.sleep(delay)
                     continue
                 record = self._record(attempts, deployment, "ok", started, 200, retry, continuation)
-                self._observer(deployment, record, None)
+                self.hooks.finished(deployment, record, None)
                 return deployment, result
+            if last_error.kind is ErrorKind.CONTEXT_LENGTH:
+                window = deployment.context_window
+                queue = [d for d in queue if window and d.context_window > window]
+            elif last_error.kind is ErrorKind.CONTENT_FILTER:
+                tried = {a.provider + "/" + a.model for a in attempts}
+                if content_fallback is None or content_fallback.key in tried:
+                    raise AllAttemptsFailed(last_error, attempts)
+                queue = [content_fallback]
             if _remaining(deadline) <= 0:
                 break
         if last_error is None:
             last_error = UpstreamError(ErrorKind.SERVER_ERROR, "No deployment could be tried for this request.")
         if _remaining(deadline) <= 0 and last_error.kind is not ErrorKind.TIMEOUT:
             last_error = UpstreamError(
-                ErrorKind.TIMEOUT, f"The request deadline passed after {len(attempts)} attempt(s); last error: {last_error.message}"
+                ErrorKind.TIMEOUT,
+                f"The request deadline passed after {len(attempts)} attempt(s); last error: {last_error.message}",
             )
         raise AllAttemptsFailed(last_error, attempts)
 
@@ -221,6 +251,7 @@ class Segment:
     deployment: Deployment
     usage: dict[str, Any] | None = None  # as the upstream reported it, if it did
     text_chars: int = 0  # content characters produced, to estimate usage when none came
+    started: float = field(default_factory=time.perf_counter)
 
 
 class StreamBroken(Exception):
@@ -327,8 +358,12 @@ class UpstreamStream:
             except UpstreamError as error:
                 await self.aclose()
                 assert self.deployment is not None
-                self._forwarder._record(self.attempts, self.deployment, error.kind.value, time.perf_counter(), error.status, 0, True)
-                self._forwarder._observer(self.deployment, self.attempts[-1], error)
+                # The stream had been recorded "ok" when it started; its mid-answer failure is
+                # an attempt outcome of its own, so the failover path stays readable.
+                record = self._forwarder._record(
+                    self.attempts, self.deployment, error.kind.value, self.segments[-1].started, error.status, 0, True
+                )
+                self._forwarder.hooks.finished(self.deployment, record, error)
                 if not (sent_any and self._can_continue()):
                     raise StreamBroken(error) from None
                 await self._continue(error)

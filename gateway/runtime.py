@@ -49,7 +49,7 @@ def build_snapshot(config: GatewayConfig, env: Mapping[str, str]) -> RoutingSnap
 
 def _deployment(catalog: Catalog, model: Model, config: GatewayConfig, env: Mapping[str, str]) -> Deployment:
     """The catalog's deployment, with the gateway config's per-provider overrides on top."""
-    deployment = catalog.deployment(model, env)
+    deployment = replace(catalog.deployment(model, env), context_window=model.context_window)
     override = config.providers.get(model.provider)
     if override is None:
         return deployment

@@ -46,12 +46,22 @@ async def serve_app(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if STATE in app:
+        loop.add_signal_handler(signal.SIGHUP, _reload, app)
     await stop.wait()
     log.info("draining: no new connections, waiting up to %.0fs for in-flight requests", shutdown_timeout)
     if STATE in app:
         app[STATE].draining = True  # readiness answers 503 from now on
     await runner.cleanup()
     log.info("stopped")
+
+
+def _reload(app: web.Application) -> None:
+    """SIGHUP: reload catalog and policy; a bad file is logged and the running policy stays."""
+    try:
+        app[STATE].runtime.reload()
+    except Exception:  # noqa: BLE001 - Runtime.reload already logged why
+        pass
 
 
 def run_worker(make_app: Callable[[], web.Application], host: str, port: int, shutdown_timeout: float, reuse_port: bool) -> None:
@@ -91,8 +101,14 @@ def _supervise(make_app: Callable[[], web.Application], host: str, port: int, wo
             if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, signal.SIGTERM)
 
+    def forward_hup(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward_hup)
     failures = 0
     while True:
         alive = [p for p in procs if p.is_alive()]

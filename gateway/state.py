@@ -13,7 +13,9 @@ from aiohttp import web
 from .auth import KeyRing
 from .background import BackgroundTasks
 from .config import GatewayConfig
+from .decisions import DecisionSink, NullDecisionLog
 from .forward import Forwarder
+from .health import BreakerBoard
 from .runtime import Runtime
 
 
@@ -25,10 +27,16 @@ class GatewayState:
     keyring: KeyRing
     forwarder: Forwarder | None = None  # set on startup, when the client session exists
     background: BackgroundTasks = field(default_factory=BackgroundTasks)
+    breakers: BreakerBoard = field(default_factory=BreakerBoard)
+    decisions: DecisionSink = field(default_factory=NullDecisionLog)
     draining: bool = False
     # name -> async check returning "ok", "degraded" or a failure description
     readiness_probes: dict[str, Callable[[], Awaitable[str]]] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+    def unavailable(self) -> frozenset[str]:
+        return self.breakers.unavailable()
 
 
 STATE: web.AppKey[GatewayState] = web.AppKey("gateway_state", GatewayState)

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ class Running:
     url: str
     port: int
     runner: web.AppRunner
+    folder: Path | None = None  # scratch space of a gateway under test (decision log, config)
 
     @property
     def app(self) -> web.Application:
@@ -66,10 +68,16 @@ def upstream_env(sim_url: str, **extra: str) -> dict[str, str]:
     }
 
 
-async def start_gateway(sim_url: str, config_path: str | None = None, **extra_env: str) -> Running:
+async def start_gateway(sim_url: str, config_text: str = "", **extra_env: str) -> Running:
+    """The gateway in this process's loop; its decision log goes to a fresh temp dir."""
     env = upstream_env(sim_url, **extra_env)
-    config = load_config(config_path, env)
-    return await start_app(create_app(config, env))
+    folder = Path(tempfile.mkdtemp(prefix="gw-test-"))
+    path = folder / "gateway.yaml"
+    path.write_text(f"decision_log: {{path: {folder / 'decisions.jsonl'}}}\n" + config_text)
+    config = load_config(str(path), env)
+    running = await start_app(create_app(config, env))
+    running.folder = folder
+    return running
 
 
 def free_port() -> int:

@@ -200,8 +200,23 @@ async def test_upstream_error_keeps_status_and_openai_shape(gw: Running, auth: d
     assert "x-gateway-attempts" in headers
 
 
-async def test_upstream_auth_failure_is_502_without_key(gw: Running, auth: dict) -> None:
+async def test_upstream_auth_failure_degrades_explicitly_without_leaking_key(gw: Running, auth: dict) -> None:
+    # "hi" routes to the shipped policy's `quick` route, whose last ladder step is a static completion.
     payload = body(messages=[{"role": "user", "content": "[[fault:auth]] hi"}])
     status, response, headers = await post(gw, payload, auth)
-    assert status == 502
-    assert UPSTREAM_KEY not in orjson.dumps(response).decode()
+    assert status == 200
+    assert headers["x-gateway-degraded"] == "static"
+    assert response["model"] == "gateway-static"
+    assert "try again" in response["choices"][0]["message"]["content"]
+    assert all(":auth" in token for token in headers["x-gateway-attempts"].split(","))
+    assert UPSTREAM_KEY not in orjson.dumps(response).decode() + str(headers)
+
+
+async def test_everything_failing_on_an_error_mode_route_is_503_with_guidance(gw: Running, auth: dict) -> None:
+    # The `code` route (chosen by hint) ends its ladder with the policy's explicit 503.
+    payload = body(messages=[{"role": "user", "content": "[[fault:status=500]] hi"}])
+    status, response, headers = await post(gw, payload, {**auth, "x-gateway-task": "code"})
+    assert status == 503
+    assert headers["x-gateway-degraded"] == "static"
+    assert int(headers["retry-after"]) >= 1
+    assert "temporarily unavailable" in assert_error_shape(response)["message"]

@@ -108,7 +108,7 @@ async def test_deadline_from_latency_budget_hint(gw: Running, auth: dict) -> Non
     async with aiohttp.ClientSession() as session:
         payload = chat("[[fault:delay_ms=5000]] hi")
         async with session.post(
-            gw.url + "/v1/chat/completions", json=payload, headers={**auth, "x-gateway-latency-budget-ms": "400"}
+            gw.url + "/v1/chat/completions", json=payload, headers={**auth, "x-gateway-latency-budget-ms": "400", "x-gateway-task": "code"}
         ) as r:
             assert r.status == 504
             error = orjson.loads(await r.read())["error"]

@@ -124,6 +124,11 @@ def fault(spec: str) -> list[dict]:
     return [{"role": "user", "content": f"[[fault:{spec}]] hello"}]
 
 
+# The shipped policy answers easy chat with a static completion when every model fails;
+# the `code` route (chosen here by hint) ends its ladder with an explicit error instead.
+ERROR_MODE_ROUTE = {"x-gateway-task": "code"}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "exception"),
     [
@@ -134,7 +139,7 @@ def fault(spec: str) -> list[dict]:
 )
 async def test_error_classes(gw: Running, kwargs: dict, exception: type) -> None:
     with pytest.raises(exception):
-        await async_client(gw).chat.completions.create(**kwargs)
+        await async_client(gw).chat.completions.create(**kwargs, extra_headers=ERROR_MODE_ROUTE)
 
 
 async def test_authentication_error(gw: Running) -> None:
@@ -145,7 +150,9 @@ async def test_authentication_error(gw: Running) -> None:
 
 async def test_rate_limit_error_carries_retry_after(gw: Running) -> None:
     with pytest.raises(openai.RateLimitError) as caught:
-        await async_client(gw).chat.completions.create(model="gpt-4o-mini", messages=fault("status=429,retry_after=30"))
+        await async_client(gw).chat.completions.create(
+            model="gpt-4o-mini", messages=fault("status=429,retry_after=30"), extra_headers=ERROR_MODE_ROUTE
+        )
     assert caught.value.response.headers["retry-after"] == "30"
 
 

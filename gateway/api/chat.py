@@ -1,23 +1,28 @@
 """POST /v1/chat/completions: the request's whole flow, one stage after another.
 
-auth -> parse+validate -> classify -> plan -> attempts -> respond -> (after) settle + log
+auth -> parse+validate -> classify+plan -> attempts (ladder) -> respond -> (after) log
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import orjson
 from aiohttp import web
 
-from ..classify import Classification, HintError, classify
+from ..auth import Principal
+from ..decide import Decision, decide
+from ..degrade import static_chunks, static_completion
 from ..errors import GatewayError
+from ..explain import decision_record
+from ..forward import AllAttemptsFailed, AttemptRecord, StreamBroken, UpstreamStream
+from ..ladder import LadderResult, climb
 from ..middleware import REQUEST_ID
-from ..forward import AllAttemptsFailed, AttemptRecord, StreamBroken
 from ..providers.base import Deployment
 from ..providers.errors import ErrorKind, UpstreamError
-from ..routing import RoutePlan, RoutingError, plan
 from ..runtime import RoutingSnapshot
 from ..state import STATE, GatewayState
 from ..usage import Usage, estimated, from_openai
@@ -28,7 +33,26 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",  # tells nginx-style proxies in front not to buffer the stream
 }
-HINT_PREFIX = "x-gateway-"
+
+
+@dataclass
+class Exchange:
+    """Everything one request accumulates on its way through, for headers and the log."""
+
+    request_id: str
+    principal: Principal
+    body: dict[str, Any]
+    snapshot: RoutingSnapshot
+    decision: Decision
+    deployments: list[Deployment]
+    content_fallback: Deployment | None
+    deadline: float
+    started: float = field(default_factory=time.perf_counter)
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    answered_by: Deployment | None = None
+    degraded: str | None = None
+    usage: Usage | None = None
+    outcome: str = "ok"
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -36,126 +60,198 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     principal = await state.keyring.authenticate(request.headers)
     body = parse_json_body(await request.read())
     validate_chat_request(body)
+    exchange = _prepare(request, state, principal, body)
+    try:
+        if body.get("stream"):
+            return await _respond_stream(request, state, exchange)
+        return await _respond_json(state, exchange)
+    except GatewayError:
+        exchange.outcome = "error"
+        raise
+    except asyncio.CancelledError:
+        exchange.outcome = "client_disconnected"
+        raise
+    finally:
+        state.decisions.append(decision_record(exchange, state.runtime.current.policy.decision_log.include_prompt))
+
+
+def _prepare(request: web.Request, state: GatewayState, principal: Principal, body: dict[str, Any]) -> Exchange:
     snapshot = state.runtime.current
-    classification = _classify(body, request, snapshot)
-    route_plan = _plan(classification, principal.tenant, body["model"], snapshot, state)
-    deployments = [snapshot.deployments[f"{c.provider}/{c.model}"] for c in route_plan.candidates]
-    loop = asyncio.get_running_loop()
-    budget_ms = classification.latency_budget_ms or route_plan.latency_budget_ms
+    decision = decide(body, request.headers, principal.tenant, snapshot, state.breakers.unavailable())
+    route_plan = decision.plan
+    deployments = [snapshot.deployments[c.key] for c in route_plan.candidates]
+    fallback = route_plan.content_fallback
+    budget_ms = decision.classification.latency_budget_ms or route_plan.latency_budget_ms
     timeout_s = budget_ms / 1000 if budget_ms else state.config.upstream.total_timeout_s
-    deadline = loop.time() + timeout_s
-    headers = _routing_headers(classification, route_plan, snapshot)
-    assert state.forwarder is not None
-    if body.get("stream"):
-        return await _stream(request, state, body, deployments, deadline, headers, classification)
-    try:
-        result = await state.forwarder.complete(body, deployments, deadline)
-    except AllAttemptsFailed as failed:
-        raise _client_error(failed.error, failed.attempts, headers) from None
-    response = result.response
-    response["model"] = result.deployment.model
-    headers.update(_answer_headers(result.deployment, result.attempts, route_plan))
-    return web.Response(body=orjson.dumps(response), content_type="application/json", headers=headers)
+    return Exchange(
+        request_id=request[REQUEST_ID],
+        principal=principal,
+        body=body,
+        snapshot=snapshot,
+        decision=decision,
+        deployments=deployments,
+        content_fallback=snapshot.deployments[fallback.key] if fallback else None,
+        deadline=asyncio.get_running_loop().time() + timeout_s,
+    )
 
 
-async def _stream(
-    request: web.Request,
-    state: GatewayState,
-    body: dict[str, Any],
-    deployments: list[Deployment],
-    deadline: float,
-    headers: dict[str, str],
-    classification: Classification,
-) -> web.StreamResponse:
+async def _respond_json(state: GatewayState, ex: Exchange) -> web.Response:
     assert state.forwarder is not None
+    forwarder = state.forwarder
+
+    async def attempt(body: Mapping[str, Any], attempts: list[AttemptRecord]):  # type: ignore[no-untyped-def]
+        return await forwarder.complete(
+            body, ex.deployments, ex.deadline, attempts=attempts, content_fallback=ex.content_fallback
+        )
+
+    result = await _climb(attempt, ex)
+    if result.value is None:
+        static = ex.decision.plan.degradation.static
+        assert static is not None and static.mode == "completion"
+        return web.Response(
+            body=orjson.dumps(static_completion(static, ex.request_id)),
+            content_type="application/json",
+            headers=_headers(ex),
+        )
+    completion = result.value
+    _answered(ex, completion.deployment)
+    ex.usage = from_openai(completion.response.get("usage"))
+    completion.response["model"] = completion.deployment.model
+    return web.Response(body=orjson.dumps(completion.response), content_type="application/json", headers=_headers(ex))
+
+
+async def _respond_stream(request: web.Request, state: GatewayState, ex: Exchange) -> web.StreamResponse:
+    assert state.forwarder is not None
+    forwarder = state.forwarder
+
+    async def attempt(body: Mapping[str, Any], attempts: list[AttemptRecord]) -> UpstreamStream:
+        return await forwarder.open_stream(
+            body, ex.deployments, ex.deadline, attempts=attempts, content_fallback=ex.content_fallback
+        )
+
+    result = await _climb(attempt, ex)
+    stream = result.value
+    if stream is not None:
+        _answered(ex, stream.deployment)
+    response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **_headers(ex), "x-request-id": ex.request_id})
+    await response.prepare(request)
+    if stream is None:
+        static = ex.decision.plan.degradation.static
+        assert static is not None
+        for chunk in static_chunks(static, ex.request_id):
+            await response.write(_sse(chunk))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
     try:
-        stream = await state.forwarder.open_stream(body, deployments, deadline)
-    except AllAttemptsFailed as failed:
-        raise _client_error(failed.error, failed.attempts, headers) from None
-    assert stream.deployment is not None
-    first = stream.deployment
-    headers.update(_answer_headers(first, stream.attempts, None))
-    response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
-    response.headers["x-request-id"] = request[REQUEST_ID]
-    try:
-        await response.prepare(request)
         async for chunk in stream.chunks():
-            await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            await response.write(_sse(chunk))
+        ex.usage = _stream_usage(stream, ex)
         if stream.client_wants_usage:
-            total = _stream_usage(stream, classification)
-            await response.write(b"data: " + orjson.dumps(stream.usage_chunk(total.as_openai())) + b"\n\n")
+            await response.write(_sse(stream.usage_chunk(ex.usage.as_openai())))
         await response.write(b"data: [DONE]\n\n")
     except StreamBroken as broken:
         # Never a silent [DONE] on a truncated answer: the client sees an explicit error.
-        error = _client_error(broken.error, stream.attempts, {})
-        await response.write(b"data: " + orjson.dumps(error.body()) + b"\n\n")
+        ex.outcome = "stream_broken"
+        ex.usage = _stream_usage(stream, ex)
+        await response.write(_sse(_client_error(broken.error, ex).body()))
     finally:
         await stream.aclose()
+        ex.answered_by = stream.deployment  # the last segment's deployment, after a continuation
     await response.write_eof()
     return response
 
 
-def _stream_usage(stream: Any, classification: Classification) -> Usage:
+async def _climb(attempt: Any, ex: Exchange) -> LadderResult[Any]:
+    degradation = ex.decision.plan.degradation
+    try:
+        result = await climb(attempt, ex.body, degradation, ex.deadline)
+    except AllAttemptsFailed as failed:
+        ex.attempts = failed.attempts
+        raise _client_error(failed.error, ex) from None
+    ex.attempts = result.attempts
+    ex.degraded = result.step
+    if result.value is None:
+        assert result.failure is not None
+        static = degradation.static
+        if static is None or static.mode != "completion":
+            raise _static_error(result.failure.error, ex)
+    return result
+
+
+def _stream_usage(stream: UpstreamStream, ex: Exchange) -> Usage:
     total = Usage()
     for i, segment in enumerate(stream.segments):
         reported = from_openai(segment.usage)
-        if reported is not None:
-            total = total + reported
-        else:
-            total = total + estimated(classification.input_tokens if i == 0 else 0, segment.text_chars)
+        if reported is None:
+            prompt = ex.decision.classification.input_tokens if i == 0 else 0
+            reported = estimated(prompt, segment.text_chars)
+        total = total + reported
     return total
 
 
-def _classify(body: dict[str, Any], request: web.Request, snapshot: RoutingSnapshot) -> Classification:
-    hints = {k.lower(): v for k, v in request.headers.items() if k.lower().startswith(HINT_PREFIX)}
-    try:
-        return classify(body, hints, snapshot.rules)
-    except HintError as error:
-        raise GatewayError(400, error.message, param=error.param, code="invalid_hint") from None
+def _answered(ex: Exchange, deployment: Deployment | None) -> None:
+    """Record who answered; an answer from anyone but the planned primary is degraded: fallback."""
+    ex.answered_by = deployment
+    primary = ex.decision.plan.candidates[0]
+    if deployment is not None and ex.degraded is None:
+        if deployment.key != ex.deployments[0].key or "requested:pinned_unavailable" in primary.reasons:
+            ex.degraded = "fallback"
 
 
-def _plan(
-    classification: Classification, tenant: str, model: str, snapshot: RoutingSnapshot, state: GatewayState
-) -> RoutePlan:
-    try:
-        return plan(
-            classification,
-            tenant=tenant,
-            requested_model=model,
-            policy=snapshot.policy,
-            catalog=snapshot.catalog,
-        )
-    except RoutingError as error:
-        raise GatewayError(error.status, error.message, param=error.param, code=error.code) from None
-
-
-def _routing_headers(classification: Classification, route_plan: RoutePlan, snapshot: RoutingSnapshot) -> dict[str, str]:
-    primary = route_plan.candidates[0]
-    return {
-        "x-gateway-task-class": f"{classification.intent}:{classification.tier}",
-        "x-gateway-route-reason": ",".join(primary.reasons),
-        "x-gateway-policy-version": snapshot.policy_version,
-    }
-
-
-def _answer_headers(deployment: Deployment, attempts: list[AttemptRecord], route_plan: RoutePlan | None) -> dict[str, str]:
+def _headers(ex: Exchange) -> dict[str, str]:
+    c = ex.decision.classification
+    primary = ex.decision.plan.candidates[0]
     headers = {
-        "x-gateway-model": deployment.model,
-        "x-gateway-provider": deployment.provider,
-        "x-gateway-attempts": ",".join(a.header_token() for a in attempts),
+        "x-gateway-task-class": f"{c.intent}:{c.tier}",
+        "x-gateway-route-reason": ",".join(primary.reasons),
+        "x-gateway-policy-version": ex.snapshot.policy_version,
+        "x-gateway-attempts": ",".join(a.header_token() for a in ex.attempts),
     }
-    first_model = attempts[0].model if attempts else deployment.model
-    if first_model != deployment.model:
-        headers["x-gateway-degraded"] = "fallback"
+    answered = ex.answered_by
+    if answered is not None:
+        headers["x-gateway-model"] = answered.model
+        headers["x-gateway-provider"] = answered.provider
+    else:
+        headers["x-gateway-model"] = "gateway-static"
+        headers["x-gateway-provider"] = "gateway"
+    if ex.degraded:
+        headers["x-gateway-degraded"] = ex.degraded
     return headers
 
 
-def _client_error(error: UpstreamError, attempts: list[AttemptRecord], headers: Mapping[str, str]) -> GatewayError:
+def _client_error(error: UpstreamError, ex: Exchange) -> GatewayError:
     status = error.client_status
-    out = dict(headers)
-    out["x-gateway-attempts"] = ",".join(a.header_token() for a in attempts)
+    headers = _headers(ex)
     if error.kind is ErrorKind.RATE_LIMITED or status in (429, 503):
-        out["retry-after"] = str(max(1, int(error.retry_after + 0.999))) if error.retry_after else "1"
-    tried = len(attempts)
+        headers["retry-after"] = str(max(1, int((error.retry_after or 1) + 0.999)))
+    tried = len(ex.attempts)
     message = f"{error.message} (after {tried} attempt{'s' if tried != 1 else ''})"
-    return GatewayError(status, message, code=error.kind.value, headers=out)
+    return GatewayError(status, message, code=error.kind.value, headers=headers)
+
+
+def _static_error(error: UpstreamError, ex: Exchange) -> GatewayError:
+    """The ladder's last step in error mode: an explicit refusal with recovery guidance.
+
+    A final rate limit or timeout keeps its own status (429 / 504) so SDK retry logic
+    stays exact; everything else is a 503. Either way retry-after is set.
+    """
+    static = ex.decision.plan.degradation.static
+    ex.degraded = "static"
+    headers = _headers(ex)
+    if error.kind is ErrorKind.RATE_LIMITED:
+        status = 429
+    elif error.kind is ErrorKind.TIMEOUT:
+        status = 504
+    else:
+        status = 503
+    retry_after = error.retry_after or (static.retry_after_s if static else None) or 1
+    headers["retry-after"] = str(max(1, int(retry_after + 0.999)))
+    guidance = static.message if static and static.message else "No model could answer this request right now."
+    tried = len(ex.attempts)
+    message = f"{guidance} (last error after {tried} attempt{'s' if tried != 1 else ''}: {error.message})"
+    return GatewayError(status, message, code=error.kind.value, type="service_unavailable" if status == 503 else None, headers=headers)
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"

@@ -27,6 +27,7 @@ class Deployment:
     api_key: str | None = field(default=None, repr=False)  # never logged, never echoed
     extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     query: Mapping[str, str] = field(default_factory=dict)  # e.g. Azure's api-version
+    context_window: int = 0  # tokens; lets a context_length failure skip models no larger
 
     @property
     def key(self) -> str:

@@ -1,0 +1,52 @@
+"""classify + plan for one request, with their failures turned into HTTP errors.
+
+Shared by the completion handler and the `/v1/route` dry run, so the dry run explains
+exactly what a real request would do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .classify import Classification, HintError, classify
+from .errors import GatewayError
+from .routing import RoutePlan, RoutingError, plan
+from .runtime import RoutingSnapshot
+
+HINT_PREFIX = "x-gateway-"
+
+
+@dataclass(frozen=True)
+class Decision:
+    classification: Classification
+    plan: RoutePlan
+
+
+def hint_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items() if k.lower().startswith(HINT_PREFIX)}
+
+
+def decide(
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    tenant: str,
+    snapshot: RoutingSnapshot,
+    unavailable: frozenset[str] = frozenset(),
+) -> Decision:
+    try:
+        classification = classify(body, hint_headers(headers), snapshot.rules)
+    except HintError as error:
+        raise GatewayError(400, error.message, param=error.param, code="invalid_hint") from None
+    try:
+        route_plan = plan(
+            classification,
+            tenant=tenant,
+            requested_model=body.get("model"),
+            policy=snapshot.policy,
+            catalog=snapshot.catalog,
+            unavailable=unavailable,
+        )
+    except RoutingError as error:
+        raise GatewayError(error.status, error.message, param=error.param, code=error.code) from None
+    return Decision(classification, route_plan)

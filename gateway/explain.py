@@ -1,0 +1,100 @@
+"""Classification and RoutePlan as plain JSON: for /v1/route and the decision log."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from .catalog import Catalog
+from .classify import Classification
+from .routing import Candidate, RoutePlan, estimate_cost_micros
+
+
+def classification_json(c: Classification) -> dict[str, Any]:
+    return {
+        "complexity": {"tier": c.tier, "score": round(c.score, 4)},
+        "intent": c.intent,
+        "risk": c.risk,
+        "format": c.format,
+        "latency_class": c.latency_class,
+        "tokens": {"input": c.input_tokens, "output": c.output_tokens},
+        "needs": sorted(c.needs),
+        "hints": {"objective": c.objective, "latency_budget_ms": c.latency_budget_ms},
+        "reasons": dict(c.reasons),
+    }
+
+
+def candidate_json(candidate: Candidate, c: Classification, catalog: Catalog) -> dict[str, Any]:
+    model = catalog.by_key[candidate.key]
+    worst = estimate_cost_micros(model, c.input_tokens, c.output_tokens)
+    return {
+        "model": candidate.model,
+        "provider": candidate.provider,
+        "tier": candidate.tier,
+        "role": candidate.role,
+        "score": round(candidate.score, 4),
+        "reasons": list(candidate.reasons),
+        "estimated_cost_usd": worst / 1_000_000,
+    }
+
+
+def plan_json(p: RoutePlan, c: Classification, catalog: Catalog) -> dict[str, Any]:
+    return {
+        "route": p.route,
+        "objective": p.objective,
+        "weights": asdict(p.weights),
+        "tenant": p.tenant,
+        "requested_model": p.requested_model,
+        "requested_mode": p.requested_mode,
+        "privacy_tier": p.privacy_tier,
+        "latency_budget_ms": p.latency_budget_ms,
+        "candidates": [candidate_json(x, c, catalog) for x in p.candidates],
+        "rejected": [{"model": r.model, "provider": r.provider, "reason": r.reason} for r in p.rejected],
+        "content_fallback": p.content_fallback.model if p.content_fallback else None,
+        "degradation": asdict(p.degradation),
+    }
+
+
+def decision_record(ex: Any, include_prompt: bool) -> dict[str, Any]:
+    """One decision-log line for a finished exchange (see api/chat.Exchange)."""
+    c = ex.decision.classification
+    p = ex.decision.plan
+    catalog = ex.snapshot.catalog
+    answered = ex.answered_by
+    estimated_micros = None
+    actual_micros = None
+    if p.candidates:
+        estimated_micros = estimate_cost_micros(catalog.by_key[p.candidates[0].key], c.input_tokens, c.output_tokens)
+    if answered is not None and ex.usage is not None and answered.key in catalog.by_key:
+        u = ex.usage
+        actual_micros = estimate_cost_micros(catalog.by_key[answered.key], u.prompt_tokens, u.completion_tokens, u.cached_tokens)
+    record: dict[str, Any] = {
+        "request_id": ex.request_id,
+        "time": time.time(),
+        "tenant": ex.principal.tenant,
+        "key_id": ex.principal.key_id,
+        "classification": classification_json(c),
+        "route": p.route,
+        "objective": p.objective,
+        "candidates": [x.key for x in p.candidates],
+        "chosen": answered.key if answered else None,
+        "reasons": list(p.candidates[0].reasons) if p.candidates else [],
+        "policy_version": ex.snapshot.policy_version,
+        "estimated_cost_usd": estimated_micros / 1_000_000 if estimated_micros is not None else None,
+        "usage": ex.usage.as_openai() if ex.usage else None,
+        "usage_estimated": ex.usage.estimated if ex.usage else None,
+        "cost_usd": actual_micros / 1_000_000 if actual_micros is not None else None,
+        "latency_ms": round((time.perf_counter() - ex.started) * 1000, 2),
+        "attempts": [
+            {"model": a.model, "provider": a.provider, "outcome": a.outcome, "status": a.status,
+             "duration_ms": round(a.duration_ms, 2), "retry": a.retry, "continuation": a.continuation}
+            for a in ex.attempts
+        ],
+        "degraded": ex.degraded,
+        "outcome": ex.outcome,
+        "stream": bool(ex.body.get("stream")),
+    }
+    if include_prompt:
+        record["messages"] = ex.body.get("messages")
+    return record

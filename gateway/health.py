@@ -1,0 +1,164 @@
+"""Circuit breakers per deployment (provider + model).
+
+A breaker opens on `consecutive_failures` failures in a row, or when the error rate over
+the last `window_s` seconds reaches `error_rate` with at least `min_requests` requests.
+After `open_s` it lets `half_open_probes` requests through; a success closes it, a failure
+opens it again for twice as long (capped at `max_open_s`). Only failures that say
+something about the deployment count (the failover kinds); a client's bad request does not.
+
+State changes can be shared across replicas: `opened` / `closed` hooks publish them, and
+`apply_remote` takes in what other replicas published (see quota/breaker_sync).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .providers.errors import ErrorKind
+
+COUNTED = frozenset(
+    {
+        ErrorKind.RATE_LIMITED,
+        ErrorKind.OVERLOADED,
+        ErrorKind.TIMEOUT,
+        ErrorKind.CONNECTION,
+        ErrorKind.AUTH,
+        ErrorKind.NOT_FOUND,
+        ErrorKind.SERVER_ERROR,
+        ErrorKind.MALFORMED_RESPONSE,
+    }
+)
+
+# The deployment itself is unusable (bad key, unknown model): one failure is enough.
+MARK_DOWN = frozenset({ErrorKind.AUTH, ErrorKind.NOT_FOUND})
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    consecutive_failures: int = 5
+    error_rate: float = 0.5
+    min_requests: int = 20
+    window_s: float = 30.0
+    open_s: float = 10.0
+    max_open_s: float = 120.0
+    half_open_probes: int = 1
+
+
+@dataclass
+class Breaker:
+    state: str = "closed"  # closed | open | half_open
+    consecutive: int = 0
+    opened_at: float = 0.0
+    open_for: float = 0.0
+    probes_in_flight: int = 0
+    outcomes: deque[tuple[float, bool]] = field(default_factory=deque)
+
+
+Clock = Callable[[], float]
+
+
+class BreakerBoard:
+    def __init__(
+        self,
+        settings: BreakerSettings = BreakerSettings(),
+        clock: Clock = time.monotonic,
+        on_change: Callable[[str, str, float], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._breakers: dict[str, Breaker] = {}
+        self._on_change = on_change
+        self._open_keys: frozenset[str] = frozenset()
+
+    def unavailable(self) -> frozenset[str]:
+        """Deployment keys the planner must skip right now (open, or half-open with its probe taken)."""
+        if not self._open_keys:
+            return self._open_keys
+        now = self._clock()
+        blocked = set()
+        for key in self._open_keys:
+            breaker = self._breakers[key]
+            if breaker.state == "open" and now - breaker.opened_at >= breaker.open_for:
+                breaker.state = "half_open"
+                breaker.probes_in_flight = 0
+            if breaker.state == "open" or breaker.probes_in_flight >= self.settings.half_open_probes:
+                blocked.add(key)
+        return frozenset(blocked)
+
+    def begin(self, key: str) -> None:
+        """An attempt on `key` starts; in half-open state it takes a probe slot."""
+        breaker = self._breakers.get(key)
+        if breaker is not None and breaker.state == "half_open":
+            breaker.probes_in_flight += 1
+
+    def record(self, key: str, kind: ErrorKind | None) -> None:
+        """kind None means success."""
+        if kind is not None and kind not in COUNTED:
+            kind = None  # the deployment answered; the request itself was the problem
+        breaker = self._breakers.setdefault(key, Breaker())
+        now = self._clock()
+        ok = kind is None
+        breaker.outcomes.append((now, ok))
+        horizon = now - self.settings.window_s
+        while breaker.outcomes and breaker.outcomes[0][0] < horizon:
+            breaker.outcomes.popleft()
+        if breaker.state == "half_open":
+            breaker.probes_in_flight = max(0, breaker.probes_in_flight - 1)
+            if ok:
+                self._close(key, breaker)
+            else:
+                self._open(key, breaker, min(self.settings.max_open_s, max(breaker.open_for, self.settings.open_s) * 2))
+            return
+        if ok:
+            breaker.consecutive = 0
+            return
+        breaker.consecutive += 1
+        if breaker.state == "closed" and (kind in MARK_DOWN or self._should_open(breaker)):
+            self._open(key, breaker, self.settings.open_s)
+
+    def state(self, key: str) -> str:
+        self.unavailable()  # advances open -> half_open when due
+        breaker = self._breakers.get(key)
+        return breaker.state if breaker else "closed"
+
+    def snapshot(self) -> dict[str, str]:
+        self.unavailable()
+        return {key: b.state for key, b in self._breakers.items()}
+
+    def apply_remote(self, key: str, state: str, open_for: float) -> None:
+        """Adopt a state another replica published (open with its remaining time, or closed)."""
+        breaker = self._breakers.setdefault(key, Breaker())
+        if state == "open" and breaker.state == "closed":
+            self._open(key, breaker, open_for, publish=False)
+        elif state == "closed" and breaker.state != "closed":
+            self._close(key, breaker, publish=False)
+
+    def _should_open(self, breaker: Breaker) -> bool:
+        if breaker.consecutive >= self.settings.consecutive_failures:
+            return True
+        total = len(breaker.outcomes)
+        if total < self.settings.min_requests:
+            return False
+        failures = sum(1 for _, ok in breaker.outcomes if not ok)
+        return failures / total >= self.settings.error_rate
+
+    def _open(self, key: str, breaker: Breaker, open_for: float, publish: bool = True) -> None:
+        breaker.state = "open"
+        breaker.opened_at = self._clock()
+        breaker.open_for = open_for
+        breaker.probes_in_flight = 0
+        self._open_keys = self._open_keys | {key}
+        if publish and self._on_change:
+            self._on_change(key, "open", open_for)
+
+    def _close(self, key: str, breaker: Breaker, publish: bool = True) -> None:
+        breaker.state = "closed"
+        breaker.consecutive = 0
+        breaker.open_for = 0.0
+        breaker.outcomes.clear()
+        self._open_keys = self._open_keys - {key}
+        if publish and self._on_change:
+            self._on_change(key, "closed", 0.0)
