@@ -45,6 +45,9 @@ _SOURCES = load_sources()
 _SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in _SOURCES.items()}
 
 _Pending = tuple[str, bytes, "asyncio.Future[Any]"]
+# A burst larger than this goes out as several pipelines, so no single reply waits behind
+# hundreds of scripts (each pipeline has its own deadline).
+MAX_BATCH = 128
 
 
 class ScriptCaller:
@@ -68,10 +71,11 @@ class ScriptCaller:
         return await future
 
     def _flush(self) -> None:
-        batch, self._pending, self._scheduled = self._pending, [], False
-        task = asyncio.ensure_future(self._send(batch))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        pending, self._pending, self._scheduled = self._pending, [], False
+        for start in range(0, len(pending), MAX_BATCH):
+            task = asyncio.ensure_future(self._send(pending[start : start + MAX_BATCH]))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
 
     async def _send(self, batch: list[_Pending]) -> None:
         try:

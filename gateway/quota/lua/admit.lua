@@ -15,12 +15,13 @@ local function offer(t, limit, r)
   return t
 end
 
--- 1. give back what expired reservations of every scope we may touch still hold
+-- 1. give back what expired reservations still hold in every capped scope we may touch
+-- (reservations are queued only in scopes that had a cap, so other scopes have none)
 local swept = {}
 local function sweep_once(scope)
   if not swept[scope] then
     swept[scope] = true
-    sweep(scope, now, retention)
+    if #limits_of(scope).caps > 0 then sweep(scope, now, retention) end
   end
 end
 for _, s in ipairs(rs) do sweep_once(s) end
