@@ -1,10 +1,10 @@
 """How well the classifier's complexity score routes between a strong and a weak model.
 
-    python bench/routing_eval.py [--data PATH] [--history strong|weak|none]
+    python bench/routing_eval.py [--data PATH] [--rules YAML] [--history strong|weak|none]
 
 Reads the RouteLLM evaluation data in shared/data/routing-eval (see its README.md): MT-Bench
 judge scores and GSM8K correctness of a strong and a weak model, per prompt. Every prompt
-goes through classify() with the default rules; sweeping a threshold over the complexity
+goes through classify() with the default rules (or --rules, to try a proposed rules file); sweeping a threshold over the complexity
 score sends the prompts at or above it to the strong model. For each benchmark it prints
 quality against the share of strong calls next to random routing, and the summary numbers
 the README defines:
@@ -34,7 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gateway.classify import classify, load_default_rules  # noqa: E402
+import yaml  # noqa: E402
+
+from gateway.classify import ClassifierRules, classify, compile_rules, load_default_rules  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "routing-eval"
 STRONG = "gpt-4-1106-preview"
@@ -67,8 +69,7 @@ def _first_answer(transcript: str) -> str:
     return transcript[start:end if end >= 0 else len(transcript)].strip()
 
 
-def mt_bench_units(data: Path, history: str) -> tuple[list[Unit], int]:
-    rules = load_default_rules()
+def mt_bench_units(data: Path, history: str, rules: ClassifierRules) -> tuple[list[Unit], int]:
     dropped_texts = _contaminated(data / "mt_bench_contaminated_prompts.jsonl")
     with open(data / "mt_bench_questions.jsonl", encoding="utf-8") as f:
         questions = [json.loads(line) for line in f if line.strip()]
@@ -99,8 +100,7 @@ def mt_bench_units(data: Path, history: str) -> tuple[list[Unit], int]:
     return units, dropped
 
 
-def gsm8k_units(data: Path) -> tuple[list[Unit], int]:
-    rules = load_default_rules()
+def gsm8k_units(data: Path, rules: ClassifierRules) -> tuple[list[Unit], int]:
     dropped_texts = _contaminated(data / "gsm8k_contaminated_prompts.jsonl")
     units: list[Unit] = []
     dropped = 0
@@ -179,12 +179,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="routing-eval data folder")
     parser.add_argument("--history", choices=("strong", "weak", "none"), default="strong",
                         help="whose turn-1 answer sits in the MT-Bench turn-2 history")
+    parser.add_argument("--rules", type=Path, help="classifier rules YAML (default: catalog/classifier.yaml)")
     args = parser.parse_args()
     if not (args.data / "README.md").is_file():
         parser.error(f"no routing-eval data at {args.data}")
-    units, dropped = mt_bench_units(args.data, args.history)
+    rules = compile_rules(yaml.safe_load(args.rules.read_text("utf-8"))) if args.rules else load_default_rules()
+    units, dropped = mt_bench_units(args.data, args.history, rules)
     summarize("MT-Bench (per turn, judge score 1-10)", units, dropped, "turns")
-    units, dropped = gsm8k_units(args.data)
+    units, dropped = gsm8k_units(args.data, rules)
     summarize("GSM8K (accuracy)", units, dropped, "prompts")
 
 
