@@ -455,3 +455,18 @@ async def test_open_store_picks_the_implementation_from_the_url(redis_server: Re
     assert isinstance(shared, RedisQuotaStore) and shared.failure_mode == "fail_closed"
     assert await shared.ping()
     await shared.close()
+
+
+def test_bad_input_names_the_field() -> None:
+    with pytest.raises(ValueError, match="worst_case_micros"):
+        CandidateCost("m", "p", "standard", -1, 10)
+    with pytest.raises(ValueError, match="provider"):
+        CandidateCost("m", "", "standard", 1, 10)
+    with pytest.raises(ValueError, match="scope.kind"):
+        Scope("org", "x")
+    with pytest.raises(ValueError, match="candidates"):
+        AdmissionRequest("r", [TENANT], [])
+    with pytest.raises(ValueError, match="rolling:N"):
+        Window.parse("week")
+    with pytest.raises(ValueError, match="max_share"):
+        ShareQuota(TENANT, "premium", 1.5, 60)

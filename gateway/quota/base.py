@@ -4,6 +4,29 @@ Money is integer micro-dollars everywhere (1 USD = 1_000_000). A request is admi
 one atomic store call (`admit`), which reserves the chosen candidate's worst-case cost in
 every spend cap that applies; the reservation is later replaced by the actual cost
 (`settle`), given back (`release`), or swept when its TTL passes.
+
+Semantics the stores share (tests/test_quota_store.py runs both against them):
+- Applicable scopes: the request's scopes plus the global scope, and for each candidate
+  its `model:<model>` and `provider:<provider>` scopes. Rate limits on request scopes are
+  a hard stop (`rate_limited`) before any candidate is considered; rate limits on model or
+  provider scopes, spend caps that cannot afford the worst case, and tiers over their share
+  only skip a candidate (`rate_limit`, `credit_limit`, `route_quota`).
+- When no candidate fits, the denial is `rate_limited` if every candidate was skipped for
+  a rate limit, else `budget_exceeded` naming the cap with the least left (or, when only
+  share quotas blocked, the share quota, with window `rolling:<window_s>`).
+- A share quota admits a request of its tier while (tier count + 1) <= max_share x
+  (all requests + 1) over the scope's rolling window; every admitted request of the scope
+  counts, whatever its tier.
+- A spend cap counts spend from the moment it exists: counters are kept per cap, so a cap
+  added mid-day does not see what was spent earlier that day.
+- Calendar spend lands in the bucket the request was admitted in, even when settled after
+  midnight; rolling spend lands in the slot of the settle.
+- `release` gives back the money, the estimated tokens and the share count; the request
+  still counts against rpm (it was made).
+- `reset_scope` forgives the scope's spend in the current bucket of each capped window and
+  clears its rate-limit and share counters; in-flight reservations keep their hold.
+- Finished and expired reservations are remembered for `record_retention_s` (1 h): settles
+  within it are idempotent and a settle after expiry still charges ("late").
 """
 
 from __future__ import annotations
@@ -141,6 +164,10 @@ class CandidateCost:
             raise ValueError("worst_case_micros must be a non-negative integer")
         if not isinstance(self.tokens, int) or self.tokens < 0:
             raise ValueError("tokens must be a non-negative integer")
+        for name in ("model", "provider", "tier"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value or any(c in value for c in "{}|\n"):
+                raise ValueError(f"{name} must be a non-empty string without '{{', '}}', '|' or newlines")
 
     @property
     def scopes(self) -> tuple[Scope, Scope]:
