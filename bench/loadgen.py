@@ -21,7 +21,7 @@ import argparse
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 from urllib.parse import urlsplit
 
 import orjson
@@ -245,22 +245,18 @@ async def run_load(
     duration_s: float,
     warmup_s: float = 1.0,
     *,
-    on_window_start: Callable[[], None] | None = None,
     drain_timeout_s: float = 10.0,
 ) -> LoadResult:
     """Keep `concurrency` requests in flight for warm-up + duration; measure the last part.
 
     Connections that close (the server said `Connection: close`, or broke) are reopened
     while the window is open, each reopen costing what it costs a real client.
-    `on_window_start`, if given, is called when the measured window opens, so a caller
-    can sample CPU counters at exactly that moment.
+    Requests still unanswered `drain_timeout_s` after the window count as errors.
     """
     loop = asyncio.get_running_loop()
     start = _now() + warmup_s
     result = LoadResult(concurrency, duration_s)
     window = _Window(result, start, start + duration_s)
-    if on_window_start is not None:
-        loop.call_later(warmup_s, on_window_start)
 
     async def keep_one_open() -> None:
         while _now() < window.end:
@@ -275,15 +271,22 @@ async def run_load(
 
     slots = [asyncio.ensure_future(keep_one_open()) for _ in range(concurrency)]
     try:
-        await asyncio.wait_for(asyncio.gather(*slots), duration_s + warmup_s + drain_timeout_s)
-    except asyncio.TimeoutError:
-        # A server that stopped answering: its requests in flight never end. Say so.
+        _, stalled = await asyncio.wait(slots, timeout=duration_s + warmup_s + drain_timeout_s)
+    finally:  # also on cancellation (Ctrl-C): leave no connection or task behind
         for connection in list(window.connections):
             if connection.transport is not None:
                 connection.transport.abort()
-        result.errors += 1
+        for slot in slots:
+            slot.cancel()
+    for slot in slots:
+        if slot.done() and not slot.cancelled() and slot.exception() is not None:
+            raise slot.exception()  # type: ignore[misc]
+    if stalled:
+        # A server that stopped answering: its requests in flight never end. Say so.
+        result.errors += len(stalled)
+        result.completed += len(stalled)
         if result.first_error is None:
-            result.first_error = f"requests still unanswered {drain_timeout_s:.0f}s after the window closed"
+            result.first_error = f"{len(stalled)} requests still unanswered {drain_timeout_s:.0f}s after the window closed"
     return result
 
 

@@ -31,7 +31,10 @@ def create_app(upstream: str) -> web.Application:
     async def start_session(app: web.Application) -> None:
         # limit=0: no pool cap, so 32 client requests in flight map to 32 upstream ones.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
-        app["session"] = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        # DummyCookieJar: a proxy must not keep upstream cookies, and skipping the jar is cheaper.
+        app["session"] = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+        )
 
     async def close_session(app: web.Application) -> None:
         await app["session"].close()

@@ -39,6 +39,7 @@ HOST = "127.0.0.1"
 CLIENT_KEY = "sk-bench-client"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/15"
 BARE = "passthrough"
+NOISE_CORES = 0.15  # other processes using more CPU than this during a row make it noisy
 
 SYSTEM_PROMPT = "You are a concise support assistant for an online bookstore. Answer in one or two sentences."
 USER_MESSAGE = (
@@ -177,6 +178,23 @@ def pin(pids: Sequence[int], cpus: set[int] | None) -> None:
                 pass
 
 
+def redis_server_pids(port: int) -> list[int]:
+    """The local redis-server on `port`: not ours to pin, but its CPU is part of a Redis row."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if Path(f"/proc/{entry}/comm").read_text().strip() != "redis-server":
+                continue
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f":{port}" in cmdline or (port == 6379 and ":" not in cmdline):
+            found.append(int(entry))
+    return found
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds every core spent busy since boot (all processes, kernel included)."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
@@ -279,9 +297,11 @@ class Row:
     cpu_under_test: float | None  # share of one core used by the process under test
     cpu_load_side: float | None  # share of one core used by loadgen (+ upstream behind a proxy)
     cpu_foreign: float | None  # cores' worth of CPU used by anything else during the window (noise)
+    cpu_us_per_request: float | None  # CPU the process under test spent per 2xx: robust to noise
     first_error: str | None = None
     body_problem: str | None = None
     ratio_rps: float | None = None  # rps / bare pass-through rps, same mode and concurrency
+    ratio_cpu: float | None = None  # bare pass-through CPU/request / this CPU/request
     added_p50_ms: float | None = None  # p50 - bare pass-through p50
     added_p99_ms: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -312,22 +332,61 @@ async def measure(
         cpu_test = (a1 - a0) / (t1 - t0)
         cpu_load = ((b1 - b0) + (c1 - c0)) / (t1 - t0)
         cpu_foreign = max(0.0, (m1 - m0) / (t1 - t0) - cpu_test - cpu_load)
+    cpu_per_request = cpu_test / result.rps * 1e6 if cpu_test is not None and result.rps else None
     row = Row(
         target, "stream" if stream else "json", concurrency, result.rps, result.completed, result.errors,
         dict(sorted(result.statuses.items())),
         _ms(percentile(result.latencies_s, 50)), _ms(percentile(result.latencies_s, 99)),
         _ms(percentile(result.ttfb_s, 50)) if stream else None, _ms(percentile(result.ttfb_s, 99)) if stream else None,
-        cpu_test, cpu_load, cpu_foreign, result.first_error, body_problem(result.sample_body, stream),
+        cpu_test, cpu_load, cpu_foreign, cpu_per_request, result.first_error, body_problem(result.sample_body, stream),
     )
     if concurrency > 1 and cpu_load is not None and cpu_test is not None and cpu_load >= 0.9 and cpu_test < 0.85:
         row.notes.append(
             f"LOAD SIDE IS THE BOTTLENECK: its core is {cpu_load:.0%} busy while the process under test uses "
             f"{cpu_test:.0%}; this rps is a floor for {target}, not its ceiling"
         )
-    if cpu_foreign is not None and cpu_foreign > 0.15:
+    if cpu_foreign is not None and cpu_foreign > NOISE_CORES:
         row.notes.append(f"noisy: other processes used {cpu_foreign:.0%} of a core during this row; rerun on a "
                          f"quiet machine before trusting it")
     return row
+
+
+async def wait_for_quiet(ours: Sequence[int], timeout_s: float) -> float:
+    """Wait until other processes use under NOISE_CORES for a second; returns what they last used."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        t0, m0, c0, p0 = time.perf_counter(), machine_busy_seconds(), cpu_seconds(ours), time.process_time()
+        await asyncio.sleep(1.0)
+        t1, m1, c1, p1 = time.perf_counter(), machine_busy_seconds(), cpu_seconds(ours), time.process_time()
+        foreign = ((m1 - m0) - (c1 - c0) - (p1 - p0)) / (t1 - t0)
+        if foreign <= NOISE_CORES or time.monotonic() >= deadline:
+            return foreign
+
+
+async def quietest_row(
+    target: str, port: int, stream: bool, concurrency: int, args: argparse.Namespace,
+    under_test: list[int], load_side: list[int], headers: dict[str, str],
+) -> Row:
+    """On a shared machine: wait for a quiet moment, and re-run a noisy row, keeping the quietest."""
+    best: Row | None = None
+    for attempt in range(args.noisy_retries + 1):
+        if args.quiet_wait > 0:
+            foreign = await wait_for_quiet([*under_test, *load_side], args.quiet_wait)
+            if foreign > NOISE_CORES:
+                print(f"  (still {foreign:.0%} of a core busy elsewhere after {args.quiet_wait:g}s: measuring anyway)",
+                      file=sys.stderr, flush=True)
+        row = await measure(target, port, stream, concurrency, args, under_test, load_side, headers)
+        if best is None or (row.cpu_foreign or 0.0) < (best.cpu_foreign or 0.0):
+            best = row
+        if row.cpu_foreign is None or row.cpu_foreign <= NOISE_CORES:
+            break
+        if attempt < args.noisy_retries:
+            print(f"  ({target} {best.mode} c={concurrency}: {row.cpu_foreign:.0%} of a core busy elsewhere: "
+                  f"measuring again)", file=sys.stderr, flush=True)
+    assert best is not None
+    if attempt > 0:
+        best.notes.append(f"kept the quietest of {attempt + 1} runs")
+    return best
 
 
 def compare_to_bare(rows: list[Row]) -> None:
@@ -337,6 +396,8 @@ def compare_to_bare(rows: list[Row]) -> None:
         if ref is None or row.target == BARE or not ref.rps:
             continue
         row.ratio_rps = row.rps / ref.rps
+        if row.cpu_us_per_request and ref.cpu_us_per_request:
+            row.ratio_cpu = ref.cpu_us_per_request / row.cpu_us_per_request
         if row.p50_ms is not None and ref.p50_ms is not None:
             row.added_p50_ms = row.p50_ms - ref.p50_ms
         if row.p99_ms is not None and ref.p99_ms is not None:
@@ -393,7 +454,7 @@ async def bench(args: argparse.Namespace, children: Children, report: Report) ->
                        headers: dict[str, str], child: Child, stream_modes: Sequence[bool] = ()) -> None:
         for stream in stream_modes or modes:
             for concurrency in concurrencies:
-                row = await measure(target, port, stream, concurrency, args, under_test, load_side, headers)
+                row = await quietest_row(target, port, stream, concurrency, args, under_test, load_side, headers)
                 report.rows.append(row)
                 _progress(row)
                 if child.process.poll() is not None:
@@ -413,13 +474,14 @@ async def bench(args: argparse.Namespace, children: Children, report: Report) ->
     upstream_pids = process_tree(upstream.process.pid)
 
     async def one_target(target: str, argv: list[str], env: dict[str, str], port: int,
-                         headers: dict[str, str], stream_modes: Sequence[bool] = ()) -> None:
+                         headers: dict[str, str], stream_modes: Sequence[bool] = (),
+                         also_load_side: Sequence[int] = ()) -> None:
         child = children.spawn(target.replace("+", "-"), argv, env, placement.under_test)
         try:
             await wait_ready(child, port, headers, args.startup_timeout)
             tree = process_tree(child.process.pid)
             pin(tree, placement.under_test)
-            await run_rows(target, port, tree, upstream_pids, headers, child, stream_modes)
+            await run_rows(target, port, tree, [*upstream_pids, *also_load_side], headers, child, stream_modes)
         except TargetFailed as failure:
             report.failures[target] = str(failure)
             print(f"bench: {target} FAILED: {str(failure).splitlines()[0]}", file=sys.stderr)
@@ -457,14 +519,16 @@ async def bench(args: argparse.Namespace, children: Children, report: Report) ->
     if args.redis:
         variants.append(("gateway+redis", {**gateway_env, "REDIS_URL": args.redis}))
     for target, env in variants:
+        redis_pids: list[int] = []
         if "REDIS_URL" in env:
             problem = await redis_problem(env["REDIS_URL"])
             if problem:
                 report.failures[target] = problem
                 continue
+            redis_pids = redis_server_pids(urlsplit(env["REDIS_URL"]).port or 6379)
         port = free_port()
         await one_target(target, [python, "-m", "gateway", "serve", "--host", HOST, "--port", str(port),
-                                  "--workers", "1"], env, port, authed)
+                                  "--workers", "1"], env, port, authed, also_load_side=redis_pids)
 
 
 # ---------------------------------------------------------------- output
@@ -480,7 +544,7 @@ def format_table(rows: list[Row], mode: str) -> str:
     stream = mode == "stream"
     head = ["target", "conc", "rps"]
     head += ["ttfb p50", "ttfb p99", "total p50", "total p99"] if stream else ["p50 ms", "p99 ms"]
-    head += ["errors", "x bare", "+p50 ms", "+p99 ms", "cpu test", "cpu load", "cpu other"]
+    head += ["errors", "x bare", "+p50 ms", "+p99 ms", "cpu test", "cpu load", "cpu other", "us/req", "x bare cpu"]
     lines = []
     for r in rows:
         if r.mode != mode:
@@ -492,6 +556,7 @@ def format_table(rows: list[Row], mode: str) -> str:
         cells += ["1.00" if r.target == BARE else _num(r.ratio_rps, ".2f")]
         cells += [_num(r.added_p50_ms, ".3f", True), _num(r.added_p99_ms, ".3f", True)]
         cells += [_num(r.cpu_under_test, ".0%"), _num(r.cpu_load_side, ".0%"), _num(r.cpu_foreign, ".0%")]
+        cells += [_num(r.cpu_us_per_request, ".0f"), "1.00" if r.target == BARE else _num(r.ratio_cpu, ".2f")]
         lines.append(cells)
     if not lines:
         return ""
@@ -514,6 +579,11 @@ def target_verdicts(rows: list[Row], concurrencies: list[int]) -> list[str]:
             verdict = "met" if at_top.ratio_rps >= 0.8 else "MISSED"
             lines.append(f"{target}: throughput at c={top} is {at_top.ratio_rps:.2f}x the bare pass-through "
                          f"(target >= 0.80x: {verdict})")
+        if at_top and at_top.ratio_cpu is not None:
+            verdict = "met" if at_top.ratio_cpu >= 0.8 else "MISSED"
+            lines.append(f"{target}: CPU per request at c={top} is {at_top.cpu_us_per_request:.0f} us, "
+                         f"{at_top.ratio_cpu:.2f}x the bare pass-through's efficiency (the throughput ratio "
+                         f"estimated from CPU time, less skewed by other processes; {verdict})")
         if at_one and at_one.added_p50_ms is not None:
             verdict = "met" if at_one.added_p50_ms <= 0.3 else "MISSED"
             lines.append(f"{target}: added p50 at c=1 is {at_one.added_p50_ms:+.3f} ms over the bare pass-through "
@@ -566,6 +636,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment for the gateway (repeatable), e.g. OTEL_* settings")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--quiet-wait", type=float, default=20.0, metavar="S",
+                        help="before each row, wait up to S seconds for other processes to go quiet (0: off)")
+    parser.add_argument("--noisy-retries", type=int, default=2, metavar="N",
+                        help="re-run a row measured while other processes were busy, up to N times (default 2)")
     parser.add_argument("--proxy-cpu", type=int, help="CPU of the process under test (default: the last one)")
     parser.add_argument("--load-cpu", type=int, help="CPU of the loadgen and upstream (default: the first one)")
     parser.add_argument("--startup-timeout", type=float, default=30.0, help="seconds a server gets to answer")
@@ -578,6 +652,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--concurrency values must be at least 1")
     if args.duration <= 0 or args.warmup < 0:
         parser.error("--duration must be positive and --warmup non-negative")
+    if args.quiet_wait < 0 or args.noisy_retries < 0:
+        parser.error("--quiet-wait and --noisy-retries must not be negative")
     if any("=" not in item for item in args.gateway_env):
         parser.error("--gateway-env takes KEY=VALUE")
     return args
