@@ -470,3 +470,14 @@ def test_bad_input_names_the_field() -> None:
         Window.parse("week")
     with pytest.raises(ValueError, match="max_share"):
         ShareQuota(TENANT, "premium", 1.5, 60)
+
+
+async def test_a_failing_script_is_reported_not_taken_for_an_outage(redis_store: RedisQuotaStore) -> None:
+    await redis_store.set_cap(SpendCap(TENANT, DAY, 1000))
+    # corrupt one reservation record the way a bug would: its settle script then fails
+    admitted = await redis_store.admit(request())
+    await redis_store.client.hset(redis_store.prefix + "res:" + admitted.reservation_id, "d", "not json")
+    assert await redis_store.settle(admitted.reservation_id, 1, 1) == "unknown"  # not queued: it would fail again
+    assert redis_store.script_errors == 1 and redis_store.redis_failures == 0
+    following = await redis_store.admit(request())
+    assert following.admitted and not following.degraded  # Redis was not marked down

@@ -43,7 +43,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from .admission import decode_admission
 from .base import (
@@ -80,6 +80,10 @@ FailureMode = Literal["fail_open", "fail_closed"]
 _REDIS_FAILURES = (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
 _LOCAL = "L:"  # reservation ids made by the fail_open fallback
 _MAX_QUEUED = 100_000
+
+
+class ScriptFailed(QuotaUnavailable):
+    """A script rejected one call's data: logged and counted, and never queued for a retry."""
 
 
 def make_client(url: str, timeout_s: float) -> Redis:
@@ -124,6 +128,7 @@ class RedisQuotaStore:
         self.retry_interval_s = retry_interval_s
         self.clock = clock
         self.redis_failures = 0  # calls that failed or timed out
+        self.script_errors = 0  # calls a script rejected (a bug: logged, never silent)
         self.local = MemoryQuotaStore(
             reservation_ttl_s=reservation_ttl_s,
             record_retention_s=record_retention_s,
@@ -159,6 +164,14 @@ class RedisQuotaStore:
         payload.setdefault("now", self._now())
         try:
             result = await self._caller.call(name, orjson.dumps(payload))
+        except ResponseError as exc:
+            if "script" not in str(exc).lower():
+                raise self._mark_down(exc) from exc
+            # a script that failed on this input is a bug, not an outage: answer this call
+            # as unavailable (degraded under fail_open) without taking Redis out for everyone
+            self.script_errors += 1
+            log.error("quota store: script %s failed: %s", name, exc)
+            raise ScriptFailed(f"quota script {name} failed: {exc}") from exc
         except _REDIS_FAILURES as exc:
             raise self._mark_down(exc) from exc
         if self._outage:
@@ -210,10 +223,13 @@ class RedisQuotaStore:
             pushed += len(batch)
         while self._queued:
             item = self._queued[0]
-            if isinstance(item, Settlement):
-                await self._run("settle", self._settle_payload([item]))
-            else:
-                await self._run("release", {"id": item, "ret": self.record_retention_s})
+            try:
+                if isinstance(item, Settlement):
+                    await self._run("settle", self._settle_payload([item]))
+                else:
+                    await self._run("release", {"id": item, "ret": self.record_retention_s})
+            except ScriptFailed:
+                pass  # logged in _run; retrying would block everything queued behind it
             self._queued.popleft()
             pushed += 1
         self._needs_reconcile = False
@@ -270,6 +286,8 @@ class RedisQuotaStore:
         if shared:
             try:
                 raw = await self._run("settle", self._settle_payload([s for _, s in shared]))
+            except ScriptFailed:
+                pass  # logged in _run; outcomes stay "unknown"
             except QuotaUnavailable:
                 self._queued.extend(s for _, s in shared)
                 for i, _ in shared:
@@ -288,6 +306,8 @@ class RedisQuotaStore:
             return self.local.release_now(reservation_id)
         try:
             return bool(await self._run("release", {"id": reservation_id, "ret": self.record_retention_s}))
+        except ScriptFailed:
+            return False
         except QuotaUnavailable:
             self._queued.append(reservation_id)
             return True
