@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Mapping
 
 import aiohttp
 from aiohttp import web
 
-from .api import chat, health, models, route
+from .api import admin, chat, health, models, route
 from .auth import KeyRing, Principal, hash_key
 from .config import GatewayConfig, parse_api_keys_env
-from .decisions import JsonlDecisionLog
+from .decisions import JsonlDecisionLog, RedisStreamDecisionLog
+from .quota import QuotaStore, open_store
+from .runtime import RoutingSnapshot
+from .spend import static_limits
+from .sync import ReplicaSync
 from .forward import AttemptHooks, AttemptRecord, Forwarder, RetryPolicy
 from .health import BreakerBoard
 from .providers.base import Deployment
@@ -23,6 +28,8 @@ from .providers.openai import OpenAIAdapter
 from .runtime import Runtime
 from .state import STATE, GatewayState
 from .upstream import Timeouts, UpstreamClient
+
+log = logging.getLogger("gateway.app")
 
 ADAPTERS = {adapter.api: adapter for adapter in (OpenAIAdapter(), AnthropicAdapter(), GeminiAdapter())}
 
@@ -41,12 +48,15 @@ def create_app(config: GatewayConfig, env: Mapping[str, str] | None = None) -> w
     app = web.Application(middlewares=[request_context], client_max_size=config.server.max_body_bytes)
     app[STATE] = state
     app[MAX_BODY_BYTES] = config.server.max_body_bytes
+    app.cleanup_ctx.append(_quota_store)
+    app.cleanup_ctx.append(_replica_sync)
     app.cleanup_ctx.append(_decision_log)
     app.cleanup_ctx.append(_upstream_session)
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/route", route.dry_run)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model}", models.get_model)
+    app.router.add_routes(admin.routes())
     app.router.add_get("/health/live", health.live)
     app.router.add_get("/health/ready", health.ready)
     return app
@@ -66,17 +76,91 @@ async def _upstream_session(app: web.Application):  # type: ignore[no-untyped-de
     hooks = GatewayHooks(state.breakers)
     state.forwarder = Forwarder(UpstreamClient(session), ADAPTERS, timeouts, RetryPolicy(), hooks)
     yield
-    await state.background.drain(timeout=state.config.server.shutdown_timeout_s)
     await session.close()
 
 
 async def _decision_log(app: web.Application):  # type: ignore[no-untyped-def]
     state = app[STATE]
     settings = state.config.decision_log
-    if settings.enabled:
+    client = None
+    if settings.enabled and state.config.redis_url:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(state.config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        state.decisions = RedisStreamDecisionLog(client)
+    elif settings.enabled:
         state.decisions = JsonlDecisionLog(settings.path, settings.max_bytes, settings.backups)
     yield
     await state.decisions.close()
+    if client is not None:
+        await client.aclose()
+
+
+async def _replica_sync(app: web.Application):  # type: ignore[no-untyped-def]
+    """With Redis: share breaker states and admin reloads across replicas."""
+    state = app[STATE]
+    if not state.config.redis_url:
+        yield
+        return
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(state.config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    sync = ReplicaSync(client, state.breakers, state.runtime)
+    state.breakers.on_change = sync.breaker_changed
+    state.extras["announce_reload"] = sync.announce_reload
+    sync.start()
+    yield
+    await sync.stop()
+    await client.aclose()
+
+
+async def _quota_store(app: web.Application):  # type: ignore[no-untyped-def]
+    """The quota store (Redis when configured), seeded with the policy's static limits."""
+    state = app[STATE]
+    limits = state.runtime.current.policy.limits
+    store = open_store(
+        state.config.redis_url,
+        failure_mode=limits.failure_mode,
+        timeout_s=state.config.redis_timeout_s,
+        reservation_ttl_s=float(limits.reservation_ttl_s),
+    )
+    state.quota = store
+    await _load_limits(store, state.runtime.current)
+    state.keyring.set_remote(_store_key_lookup(store))
+    state.runtime.on_reload.append(lambda snapshot: state.background.spawn(_load_limits(store, snapshot)))
+    state.readiness_probes["quota"] = lambda: _probe(store, limits.failure_mode)
+    yield
+    await state.background.drain(timeout=state.config.server.shutdown_timeout_s)
+    await store.close()
+
+
+async def _load_limits(store: QuotaStore, snapshot: RoutingSnapshot) -> None:
+    try:
+        await store.load_static(*static_limits(snapshot.policy))
+    except Exception as exc:  # noqa: BLE001 - a store outage must not stop the start; fail_open covers it
+        log.warning("could not load the policy's limits into the quota store: %s", type(exc).__name__)
+
+
+def _store_key_lookup(store: QuotaStore):  # type: ignore[no-untyped-def]
+    async def lookup(digest: str) -> Principal | None:
+        try:
+            record = await store.lookup_key(digest)
+        except Exception:  # noqa: BLE001 - an unreachable store cannot vouch for a key
+            return None
+        return Principal(record.tenant, record.key_id, record.team) if record else None
+
+    return lookup
+
+
+async def _probe(store: QuotaStore, failure_mode: str) -> str:
+    ping = getattr(store, "ping", None)
+    if ping is None:
+        return "ok"
+    try:
+        await ping()
+        return "ok"
+    except Exception:  # noqa: BLE001
+        return "degraded" if failure_mode == "fail_open" else "unreachable"
 
 
 class GatewayHooks(AttemptHooks):

@@ -18,6 +18,8 @@ from .providers.errors import ErrorKind, UpstreamError
 from .upstream import Timeouts, UpstreamClient
 
 T = TypeVar("T")
+# Asked before failing over to another deployment (e.g. "can the budget cover it?").
+MayTry = Callable[[Deployment], Awaitable[bool]]
 
 CONTINUATION_INSTRUCTION = (
     "Your previous message was cut off by a network failure. Continue it exactly from the "
@@ -98,6 +100,7 @@ class Forwarder:
         *,
         attempts: list[AttemptRecord] | None = None,
         content_fallback: Deployment | None = None,
+        may_try: MayTry | None = None,
     ) -> CompletionResult:
         attempts = [] if attempts is None else attempts
 
@@ -111,7 +114,7 @@ class Forwarder:
             return adapter.parse_response(data, deployment)
 
         deployment, response = await self.run_attempts(
-            deployments, deadline, attempts, once, content_fallback=content_fallback
+            deployments, deadline, attempts, once, content_fallback=content_fallback, may_try=may_try
         )
         return CompletionResult(response, deployment, attempts)
 
@@ -124,15 +127,18 @@ class Forwarder:
         allow_continuation: bool = True,
         attempts: list[AttemptRecord] | None = None,
         content_fallback: Deployment | None = None,
+        may_try: MayTry | None = None,
     ) -> "UpstreamStream":
         """Try candidates until one stream yields its first chunk; failures before it are invisible."""
         attempts = [] if attempts is None else attempts
-        stream = UpstreamStream(self, body, list(deployments), deadline, attempts, allow_continuation)
+        stream = UpstreamStream(self, body, list(deployments), deadline, attempts, allow_continuation, may_try)
 
         async def once(deployment: Deployment) -> None:
             await stream.start(deployment)
 
-        await self.run_attempts(deployments, deadline, attempts, once, content_fallback=content_fallback)
+        await self.run_attempts(
+            deployments, deadline, attempts, once, content_fallback=content_fallback, may_try=may_try
+        )
         return stream
 
     async def run_attempts(
@@ -144,6 +150,7 @@ class Forwarder:
         *,
         continuation: bool = False,
         content_fallback: Deployment | None = None,
+        may_try: MayTry | None = None,
     ) -> tuple[Deployment, T]:
         """Try each deployment in order (with retries for transient errors) until one succeeds.
 
@@ -152,8 +159,13 @@ class Forwarder:
         """
         queue = list(deployments)
         last_error: UpstreamError | None = None
+        first = not continuation  # a continuation's first candidate is a failover too
         while queue:
             deployment = queue.pop(0)
+            if not first and may_try is not None and not await may_try(deployment):
+                self._record(attempts, deployment, "credit_limit", time.perf_counter(), None, 0, continuation)
+                continue
+            first = False
             retry = 0
             while True:
                 started = time.perf_counter()
@@ -279,8 +291,10 @@ class UpstreamStream:
         deadline: float,
         attempts: list[AttemptRecord],
         allow_continuation: bool,
+        may_try: MayTry | None = None,
     ) -> None:
         self._forwarder = forwarder
+        self._may_try = may_try
         self._client_body = body
         self._deployments = deployments
         self._deadline = deadline
@@ -396,7 +410,9 @@ class UpstreamStream:
             await self.start(deployment, body)
 
         try:
-            await self._forwarder.run_attempts(rest, self._deadline, self.attempts, once, continuation=True)
+            await self._forwarder.run_attempts(
+                rest, self._deadline, self.attempts, once, continuation=True, may_try=self._may_try
+            )
         except AllAttemptsFailed as failed_all:
             raise StreamBroken(failed_all.error) from None
         # The continuation's opening role delta would restart the message on the client.

@@ -70,7 +70,7 @@ class BreakerBoard:
         self.settings = settings
         self._clock = clock
         self._breakers: dict[str, Breaker] = {}
-        self._on_change = on_change
+        self.on_change = on_change
         self._open_keys: frozenset[str] = frozenset()
 
     def unavailable(self) -> frozenset[str]:
@@ -151,8 +151,8 @@ class BreakerBoard:
         breaker.open_for = open_for
         breaker.probes_in_flight = 0
         self._open_keys = self._open_keys | {key}
-        if publish and self._on_change:
-            self._on_change(key, "open", open_for)
+        if publish and self.on_change:
+            self.on_change(key, "open", open_for)
 
     def _close(self, key: str, breaker: Breaker, publish: bool = True) -> None:
         breaker.state = "closed"
@@ -160,5 +160,5 @@ class BreakerBoard:
         breaker.open_for = 0.0
         breaker.outcomes.clear()
         self._open_keys = self._open_keys - {key}
-        if publish and self._on_change:
-            self._on_change(key, "closed", 0.0)
+        if publish and self.on_change:
+            self.on_change(key, "closed", 0.0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import Callable, Mapping
 
 from .catalog import Catalog, Model, default_catalog_path, load_catalog
 from .policy import Policy, default_policy_path, load_policy
@@ -65,6 +65,7 @@ class Runtime:
         self._config = config
         self._env = env
         self.current = build_snapshot(config, env)
+        self.on_reload: list[Callable[[RoutingSnapshot], None]] = []
 
     def reload(self) -> RoutingSnapshot:
         """Build a new snapshot from the files; on any error keep the running one and raise."""
@@ -75,4 +76,6 @@ class Runtime:
             raise ReloadError(str(exc)) from exc
         self.current = snapshot
         log.info("reloaded: policy %s", snapshot.policy_version)
+        for callback in self.on_reload:
+            callback(snapshot)
         return snapshot

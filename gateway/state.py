@@ -5,6 +5,7 @@ Built once per worker by `app.create_app`; handlers reach it through `request.ap
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -16,7 +17,10 @@ from .config import GatewayConfig
 from .decisions import DecisionSink, NullDecisionLog
 from .forward import Forwarder
 from .health import BreakerBoard
+from .quota import MemoryQuotaStore, QuotaStore
 from .runtime import Runtime
+
+log = logging.getLogger("gateway.state")
 
 
 @dataclass
@@ -29,6 +33,7 @@ class GatewayState:
     background: BackgroundTasks = field(default_factory=BackgroundTasks)
     breakers: BreakerBoard = field(default_factory=BreakerBoard)
     decisions: DecisionSink = field(default_factory=NullDecisionLog)
+    quota: QuotaStore = field(default_factory=MemoryQuotaStore)
     draining: bool = False
     # name -> async check returning "ok", "degraded" or a failure description
     readiness_probes: dict[str, Callable[[], Awaitable[str]]] = field(default_factory=dict)
@@ -37,6 +42,18 @@ class GatewayState:
 
     def unavailable(self) -> frozenset[str]:
         return self.breakers.unavailable()
+
+    async def quota_settle(self, reservation_id: str, micros: int, tokens: int) -> None:
+        try:
+            await self.quota.settle(reservation_id, micros, tokens)
+        except Exception as exc:  # noqa: BLE001 - the reservation's TTL is the backstop
+            log.warning("settle of %s failed (%s); its reservation expires on its own", reservation_id, type(exc).__name__)
+
+    async def quota_release(self, reservation_id: str) -> None:
+        try:
+            await self.quota.release(reservation_id)
+        except Exception as exc:  # noqa: BLE001 - the reservation's TTL is the backstop
+            log.warning("release of %s failed (%s); its reservation expires on its own", reservation_id, type(exc).__name__)
 
 
 STATE: web.AppKey[GatewayState] = web.AppKey("gateway_state", GatewayState)

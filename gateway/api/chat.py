@@ -23,7 +23,9 @@ from ..ladder import LadderResult, climb
 from ..middleware import REQUEST_ID
 from ..providers.base import Deployment
 from ..providers.errors import ErrorKind, UpstreamError
+from ..quota import QuotaUnavailable
 from ..runtime import RoutingSnapshot
+from ..spend import actual_cost_micros, admission_request, denial_error, request_scopes, skip_reasons
 from ..state import STATE, GatewayState
 from ..usage import Usage, estimated, from_openai
 from ..validation import parse_json_body, validate_chat_request
@@ -53,6 +55,13 @@ class Exchange:
     degraded: str | None = None
     usage: Usage | None = None
     outcome: str = "ok"
+    reservation_id: str | None = None
+    quota_reasons: tuple[str, ...] = ()
+    start: int = 0  # index in the plan of the candidate the admission chose
+    reserved_micros: int = 0
+    worst_micros: dict[str, int] = field(default_factory=dict)  # deployment key -> worst-case cost
+    quota_degraded: bool = False
+    rate_headers: dict[str, str] = field(default_factory=dict)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -62,6 +71,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     validate_chat_request(body)
     exchange = _prepare(request, state, principal, body)
     try:
+        await _admit(state, exchange)
         if body.get("stream"):
             return await _respond_stream(request, state, exchange)
         return await _respond_json(state, exchange)
@@ -72,7 +82,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         exchange.outcome = "client_disconnected"
         raise
     finally:
-        state.decisions.append(decision_record(exchange, state.runtime.current.policy.decision_log.include_prompt))
+        _settle(state, exchange)
+        state.decisions.append(decision_record(exchange, exchange.snapshot.policy.decision_log.include_prompt))
 
 
 def _prepare(request: web.Request, state: GatewayState, principal: Principal, body: dict[str, Any]) -> Exchange:
@@ -95,13 +106,75 @@ def _prepare(request: web.Request, state: GatewayState, principal: Principal, bo
     )
 
 
+async def _admit(state: GatewayState, ex: Exchange) -> None:
+    """Reserve the worst case of the plan in one atomic store call; pick the affordable start."""
+    plan, c = ex.decision.plan, ex.decision.classification
+    policy = ex.snapshot.policy
+    team = ex.principal.team or policy.tenant(ex.principal.tenant).team
+    scopes = request_scopes(ex.principal.tenant, team, ex.principal.key_id, plan.route)
+    request = admission_request(ex.request_id, scopes, plan, c, ex.body, ex.snapshot.catalog, policy.limits)
+    try:
+        admission = await state.quota.admit(request)
+    except QuotaUnavailable:
+        raise GatewayError(
+            503,
+            "The spend and quota store is unreachable and the policy's failure_mode is fail_closed; retry shortly.",
+            code="quota_unavailable",
+            type="service_unavailable",
+            headers={**_headers(ex), "retry-after": "1"},
+        ) from None
+    if admission.rate_limit is not None:
+        ex.rate_headers = admission.rate_limit.headers()
+    ex.quota_degraded = admission.degraded
+    if not admission.admitted:
+        assert admission.denial is not None
+        error = denial_error(admission.denial)
+        error.headers = {**_headers(ex), **error.headers}
+        raise error
+    assert admission.candidate_index is not None
+    ex.reservation_id = admission.reservation_id
+    ex.quota_reasons = skip_reasons(admission)
+    ex.start = admission.candidate_index
+    ex.deployments = ex.deployments[admission.candidate_index :]
+    ex.worst_micros = {f"{x.provider}/{x.model}": x.worst_case_micros for x in request.candidates}
+    ex.reserved_micros = request.candidates[admission.candidate_index].worst_case_micros
+
+
+async def _covered(state: GatewayState, ex: Exchange, deployment: Deployment) -> bool:
+    """Before failing over: grow the reservation if this deployment's worst case is dearer."""
+    needed = ex.worst_micros.get(deployment.key, 0)
+    if needed <= ex.reserved_micros or ex.reservation_id is None:
+        return True
+    try:
+        extended = await state.quota.extend(ex.reservation_id, needed - ex.reserved_micros)
+    except QuotaUnavailable:
+        return False
+    if extended:
+        ex.reserved_micros = needed
+    return extended
+
+
+def _settle(state: GatewayState, ex: Exchange) -> None:
+    """Off the client's path: charge what was used, or give the reservation back."""
+    if ex.reservation_id is None:
+        return
+    if ex.usage is not None and ex.answered_by is not None:
+        micros = actual_cost_micros(ex.snapshot.catalog, ex.answered_by.key, ex.usage)
+        state.background.spawn(state.quota_settle(ex.reservation_id, micros, ex.usage.total_tokens))
+    else:
+        state.background.spawn(state.quota_release(ex.reservation_id))
+
+
 async def _respond_json(state: GatewayState, ex: Exchange) -> web.Response:
     assert state.forwarder is not None
     forwarder = state.forwarder
 
+    async def covered(deployment: Deployment) -> bool:
+        return await _covered(state, ex, deployment)
+
     async def attempt(body: Mapping[str, Any], attempts: list[AttemptRecord]):  # type: ignore[no-untyped-def]
         return await forwarder.complete(
-            body, ex.deployments, ex.deadline, attempts=attempts, content_fallback=ex.content_fallback
+            body, ex.deployments, ex.deadline, attempts=attempts, content_fallback=ex.content_fallback, may_try=covered
         )
 
     result = await _climb(attempt, ex)
@@ -124,9 +197,12 @@ async def _respond_stream(request: web.Request, state: GatewayState, ex: Exchang
     assert state.forwarder is not None
     forwarder = state.forwarder
 
+    async def covered(deployment: Deployment) -> bool:
+        return await _covered(state, ex, deployment)
+
     async def attempt(body: Mapping[str, Any], attempts: list[AttemptRecord]) -> UpstreamStream:
         return await forwarder.open_stream(
-            body, ex.deployments, ex.deadline, attempts=attempts, content_fallback=ex.content_fallback
+            body, ex.deployments, ex.deadline, attempts=attempts, content_fallback=ex.content_fallback, may_try=covered
         )
 
     result = await _climb(attempt, ex)
@@ -156,6 +232,8 @@ async def _respond_stream(request: web.Request, state: GatewayState, ex: Exchang
         ex.usage = _stream_usage(stream, ex)
         await response.write(_sse(_client_error(broken.error, ex).body()))
     finally:
+        if ex.usage is None:  # the client went away mid-stream: charge what was streamed
+            ex.usage = _stream_usage(stream, ex)
         await stream.aclose()
         ex.answered_by = stream.deployment  # the last segment's deployment, after a continuation
     await response.write_eof()
@@ -193,7 +271,7 @@ def _stream_usage(stream: UpstreamStream, ex: Exchange) -> Usage:
 def _answered(ex: Exchange, deployment: Deployment | None) -> None:
     """Record who answered; an answer from anyone but the planned primary is degraded: fallback."""
     ex.answered_by = deployment
-    primary = ex.decision.plan.candidates[0]
+    primary = ex.decision.plan.candidates[ex.start]
     if deployment is not None and ex.degraded is None:
         if deployment.key != ex.deployments[0].key or "requested:pinned_unavailable" in primary.reasons:
             ex.degraded = "fallback"
@@ -201,10 +279,11 @@ def _answered(ex: Exchange, deployment: Deployment | None) -> None:
 
 def _headers(ex: Exchange) -> dict[str, str]:
     c = ex.decision.classification
-    primary = ex.decision.plan.candidates[0]
+    primary = ex.decision.plan.candidates[ex.start]
     headers = {
+        **ex.rate_headers,
         "x-gateway-task-class": f"{c.intent}:{c.tier}",
-        "x-gateway-route-reason": ",".join(primary.reasons),
+        "x-gateway-route-reason": ",".join(ex.quota_reasons + primary.reasons),
         "x-gateway-policy-version": ex.snapshot.policy_version,
         "x-gateway-attempts": ",".join(a.header_token() for a in ex.attempts),
     }
@@ -217,6 +296,8 @@ def _headers(ex: Exchange) -> dict[str, str]:
         headers["x-gateway-provider"] = "gateway"
     if ex.degraded:
         headers["x-gateway-degraded"] = ex.degraded
+    if ex.quota_degraded:
+        headers["x-gateway-quota"] = "degraded"
     return headers
 
 

@@ -1,0 +1,91 @@
+"""Between the plan and the quota store: what to reserve, what a denial looks like, what to settle.
+
+The admission is one atomic store call over the whole plan: the store picks the first
+candidate whose worst case every cap can afford and reserves it. Failing over later to a
+dearer candidate first extends the reservation by the difference (`extend`, atomic too);
+if the caps cannot cover it, that candidate is skipped. So the cap holds exactly whatever
+the forward loop ends up calling.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from .catalog import Catalog
+from .classify import Classification
+from .errors import GatewayError
+from .policy import Limits, Policy
+from .quota import Admission, AdmissionRequest, CandidateCost, Denial, RateLimit, Scope, ShareQuota, SpendCap, Window
+from .routing import RoutePlan, estimate_cost_micros
+from .usage import Usage
+
+
+def requested_output_tokens(body: Mapping[str, Any], limits: Limits) -> int:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value * int(body.get("n") or 1)
+    return limits.default_max_tokens * int(body.get("n") or 1)
+
+
+def admission_request(
+    request_id: str,
+    scopes: Sequence[Scope],
+    plan: RoutePlan,
+    c: Classification,
+    body: Mapping[str, Any],
+    catalog: Catalog,
+    limits: Limits,
+) -> AdmissionRequest:
+    output = requested_output_tokens(body, limits)
+    models = [catalog.by_key[x.key] for x in plan.candidates]
+    candidates = [
+        CandidateCost(
+            m.id, m.provider, m.tier, estimate_cost_micros(m, c.input_tokens, min(output, m.max_output_tokens)),
+            c.input_tokens + output,
+        )
+        for m in models
+    ]
+    return AdmissionRequest(request_id, scopes, candidates, ttl_s=float(limits.reservation_ttl_s))
+
+
+def request_scopes(tenant: str, team: str | None, key_id: str, route: str) -> list[Scope]:
+    scopes = [Scope("tenant", tenant), Scope("key", key_id), Scope("route", route)]
+    if team:
+        scopes.append(Scope("team", team))
+    return scopes
+
+
+def denial_error(denial: Denial) -> GatewayError:
+    retry_after = max(1, int(denial.retry_after_s + 0.999))
+    headers = {"retry-after": str(retry_after)}
+    if denial.rate_limit is not None:
+        headers.update(denial.rate_limit.headers())
+    return GatewayError(429, denial.message, code=denial.code, type="rate_limit_error" if denial.code == "rate_limited" else "insufficient_quota", headers=headers)
+
+
+def skip_reasons(admission: Admission) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(reason for _, reason in admission.skipped))
+
+
+def actual_cost_micros(catalog: Catalog, deployment_key: str, usage: Usage) -> int:
+    model = catalog.by_key.get(deployment_key)
+    if model is None:
+        return 0
+    return estimate_cost_micros(model, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+
+
+def static_limits(policy: Policy) -> tuple[list[SpendCap], list[RateLimit], list[ShareQuota]]:
+    """The policy file's caps and quotas in the store's terms (USD -> integer micro-dollars)."""
+    limits = policy.limits
+    caps = [
+        SpendCap(_scope(c.scope, c.id), Window.parse(c.window), int(round(c.limit_usd * 1_000_000)))
+        for c in limits.caps
+    ]
+    rates = [RateLimit(_scope(r.scope, r.id), r.rpm, r.tpm) for r in limits.rate_limits]
+    shares = [ShareQuota(_scope(q.scope, q.id), q.tier, q.max_share, q.window_s) for q in limits.share_quotas]
+    return caps, rates, shares
+
+
+def _scope(kind: str, ident: str | None) -> Scope:
+    return Scope(kind, ident or "*") if kind != "global" else Scope("global", "*")
