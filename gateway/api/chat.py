@@ -30,6 +30,7 @@ from ..state import STATE, GatewayState
 from ..usage import Usage, estimated, from_openai
 from ..validation import parse_json_body, validate_chat_request
 
+BUDGET_CHECK_EVERY = 32  # chunks between checks that a stream still fits its reservation
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -220,12 +221,25 @@ async def _respond_stream(request: web.Request, state: GatewayState, ex: Exchang
         await response.write_eof()
         return response
     try:
+        sent = 0
         async for chunk in stream.chunks():
             await response.write(_sse(chunk))
-        ex.usage = _stream_usage(stream, ex)
-        if stream.client_wants_usage:
-            await response.write(_sse(stream.usage_chunk(ex.usage.as_openai())))
-        await response.write(b"data: [DONE]\n\n")
+            sent += 1
+            if sent % BUDGET_CHECK_EVERY == 0 and not await _stream_within_budget(state, ex, stream):
+                ex.outcome = "budget_exceeded"
+                error = GatewayError(
+                    429,
+                    "The spend cap was reached while streaming; the answer was cut here.",
+                    code="budget_exceeded",
+                    type="insufficient_quota",
+                )
+                await response.write(_sse(error.body()))
+                break
+        else:
+            ex.usage = _stream_usage(stream, ex)
+            if stream.client_wants_usage:
+                await response.write(_sse(stream.usage_chunk(ex.usage.as_openai())))
+            await response.write(b"data: [DONE]\n\n")
     except StreamBroken as broken:
         # Never a silent [DONE] on a truncated answer: the client sees an explicit error.
         ex.outcome = "stream_broken"
@@ -238,6 +252,27 @@ async def _respond_stream(request: web.Request, state: GatewayState, ex: Exchang
         ex.answered_by = stream.deployment  # the last segment's deployment, after a continuation
     await response.write_eof()
     return response
+
+
+async def _stream_within_budget(state: GatewayState, ex: Exchange, stream: UpstreamStream) -> bool:
+    """A stream that outgrows its reservation asks for more before it may go on.
+
+    The reservation covers max_tokens (or the policy's default); an upstream that streams
+    past it must not push spend over the cap after the fact.
+    """
+    if ex.reservation_id is None or stream.deployment is None:
+        return True
+    spent = actual_cost_micros(ex.snapshot.catalog, stream.deployment.key, _stream_usage(stream, ex))
+    if spent <= ex.reserved_micros:
+        return True
+    extra = max(spent - ex.reserved_micros, ex.reserved_micros // 2)
+    try:
+        granted = await state.quota.extend(ex.reservation_id, extra)
+    except QuotaUnavailable:
+        return True  # fail_open already admitted this request locally; fail_closed raised at admit
+    if granted:
+        ex.reserved_micros += extra
+    return granted
 
 
 async def _climb(attempt: Any, ex: Exchange) -> LadderResult[Any]:
