@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from typing import Mapping
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -17,6 +18,7 @@ from .quota import QuotaStore, open_store
 from .runtime import RoutingSnapshot
 from .spend import static_limits
 from .sync import ReplicaSync
+from .telemetry import Telemetry
 from .forward import AttemptHooks, AttemptRecord, Forwarder, RetryPolicy
 from .health import BreakerBoard
 from .providers.base import Deployment
@@ -44,10 +46,18 @@ def build_keyring(config: GatewayConfig, env: Mapping[str, str]) -> KeyRing:
 
 def create_app(config: GatewayConfig, env: Mapping[str, str] | None = None) -> web.Application:
     env = dict(os.environ if env is None else env)
-    state = GatewayState(config=config, env=env, runtime=Runtime(config, env), keyring=build_keyring(config, env))
+    state = GatewayState(
+        config=config,
+        env=env,
+        runtime=Runtime(config, env),
+        keyring=build_keyring(config, env),
+        telemetry=Telemetry(config.service_name, config.trace_exporter),
+    )
+    state.breakers.on_change = lambda key, breaker_state, _open_for: state.telemetry.breaker_changed(key, breaker_state)
     app = web.Application(middlewares=[request_context], client_max_size=config.server.max_body_bytes)
     app[STATE] = state
     app[MAX_BODY_BYTES] = config.server.max_body_bytes
+    app.cleanup_ctx.append(_telemetry)
     app.cleanup_ctx.append(_quota_store)
     app.cleanup_ctx.append(_replica_sync)
     app.cleanup_ctx.append(_decision_log)
@@ -57,6 +67,7 @@ def create_app(config: GatewayConfig, env: Mapping[str, str] | None = None) -> w
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model}", models.get_model)
     app.router.add_routes(admin.routes())
+    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/health/live", health.live)
     app.router.add_get("/health/ready", health.ready)
     return app
@@ -73,7 +84,7 @@ async def _upstream_session(app: web.Application):  # type: ignore[no-untyped-de
         skip_auto_headers=("User-Agent",),
     )
     timeouts = Timeouts(settings.connect_timeout_s, settings.first_byte_timeout_s, settings.idle_timeout_s)
-    hooks = GatewayHooks(state.breakers)
+    hooks = GatewayHooks(state.breakers, state.telemetry)
     state.forwarder = Forwarder(UpstreamClient(session), ADAPTERS, timeouts, RetryPolicy(), hooks)
     yield
     await session.close()
@@ -106,7 +117,13 @@ async def _replica_sync(app: web.Application):  # type: ignore[no-untyped-def]
 
     client = Redis.from_url(state.config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
     sync = ReplicaSync(client, state.breakers, state.runtime)
-    state.breakers.on_change = sync.breaker_changed
+    telemetry = state.telemetry
+
+    def changed(key: str, breaker_state: str, open_for: float) -> None:
+        telemetry.breaker_changed(key, breaker_state)
+        sync.breaker_changed(key, breaker_state, open_for)
+
+    state.breakers.on_change = changed
     state.extras["announce_reload"] = sync.announce_reload
     sync.start()
     yield
@@ -164,13 +181,38 @@ async def _probe(store: QuotaStore, failure_mode: str) -> str:
 
 
 class GatewayHooks(AttemptHooks):
-    """Attempt outcomes feed the circuit breakers."""
+    """Attempt outcomes feed the circuit breakers, the metrics and the trace."""
 
-    def __init__(self, breakers: BreakerBoard) -> None:
+    def __init__(self, breakers: BreakerBoard, telemetry: Telemetry) -> None:
         self._breakers = breakers
+        self._telemetry = telemetry
 
     def started(self, deployment: Deployment) -> None:
         self._breakers.begin(deployment.key)
+        host = urlsplit(deployment.base_url).hostname or ""
+        self._telemetry.attempt_started(deployment.provider, deployment.model, deployment.upstream_model, host)
 
     def finished(self, deployment: Deployment, record: AttemptRecord, error: UpstreamError | None) -> None:
         self._breakers.record(deployment.key, error.kind if error else None)
+        self._telemetry.attempt_finished(
+            deployment.provider, deployment.model, record.outcome, record.status,
+            record.duration_ms / 1000, record.retry, record.continuation,
+        )
+
+
+async def _telemetry(app: web.Application):  # type: ignore[no-untyped-def]
+    yield
+    app[STATE].telemetry.shutdown()  # flushes spans still in the batch
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus text format; with --workers N, every worker's numbers together."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    registry = request.app[STATE].telemetry.metrics.registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from typing import Sequence
 
 from .config import ConfigError, GatewayConfig, load_config
@@ -48,12 +49,16 @@ def _load(path: str | None) -> GatewayConfig:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    workers = args.workers or config.server.workers
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Before prometheus_client is imported: workers then share their numbers via files.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
     from .app import create_app
     from .runtime import build_snapshot
     from .server import configure_logging, run
 
     configure_logging(args.log_level)
-    config = _load(args.config)
     try:
         build_snapshot(config, os.environ)  # fail before binding, not in every worker
     except Exception as error:  # noqa: BLE001 - reported as one screen below
@@ -61,7 +66,6 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
-    workers = args.workers or config.server.workers
     if workers < 1:
         _fail("invalid --workers", [f"--workers must be at least 1, got {workers}"])
         return 2

@@ -19,6 +19,7 @@ from .forward import Forwarder
 from .health import BreakerBoard
 from .quota import MemoryQuotaStore, QuotaStore
 from .runtime import Runtime
+from .telemetry import Telemetry
 
 log = logging.getLogger("gateway.state")
 
@@ -29,6 +30,7 @@ class GatewayState:
     env: Mapping[str, str]
     runtime: Runtime
     keyring: KeyRing
+    telemetry: Telemetry = field(default_factory=lambda: Telemetry("llm-gateway", "none"))
     forwarder: Forwarder | None = None  # set on startup, when the client session exists
     background: BackgroundTasks = field(default_factory=BackgroundTasks)
     breakers: BreakerBoard = field(default_factory=BreakerBoard)

@@ -61,6 +61,12 @@ async def test_workers_share_a_port_and_sigterm_drains_in_flight_stream(sim: Run
                     assert r.status == 200
                 async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=chat("hi"), headers={**AUTH, "Connection": "close"}) as r:
                     assert r.status == 200
+            # /metrics adds up every worker's counters (prometheus multiprocess mode).
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
+                metrics = await r.text()
+            assert 'gateway_requests_total{degraded="none",model="gpt-4o-mini",outcome="ok",provider="openai",route=' in metrics
+            total = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("gateway_requests_total{"))
+            assert total == 40
             # A slow stream in flight when SIGTERM arrives still completes with [DONE].
             payload = chat("[[fault:stall_after=2,stall_ms=1500]] tell me a story", stream=True)
             async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=payload, headers=AUTH) as r:

@@ -27,6 +27,7 @@ from ..quota import QuotaUnavailable
 from ..runtime import RoutingSnapshot
 from ..spend import actual_cost_micros, admission_request, denial_error, request_scopes, skip_reasons
 from ..state import STATE, GatewayState
+from .observe import observe
 from ..usage import Usage, estimated, from_openai
 from ..validation import parse_json_body, validate_chat_request
 
@@ -67,24 +68,28 @@ class Exchange:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    principal = await state.keyring.authenticate(request.headers)
-    body = parse_json_body(await request.read())
-    validate_chat_request(body)
-    exchange = _prepare(request, state, principal, body)
-    try:
-        await _admit(state, exchange)
-        if body.get("stream"):
-            return await _respond_stream(request, state, exchange)
-        return await _respond_json(state, exchange)
-    except GatewayError:
-        exchange.outcome = "error"
-        raise
-    except asyncio.CancelledError:
-        exchange.outcome = "client_disconnected"
-        raise
-    finally:
-        _settle(state, exchange)
-        state.decisions.append(decision_record(exchange, exchange.snapshot.policy.decision_log.include_prompt))
+    with state.telemetry.server_span(request[REQUEST_ID], request.path) as span:
+        principal = await state.keyring.authenticate(request.headers)
+        body = parse_json_body(await request.read())
+        validate_chat_request(body)
+        exchange = _prepare(request, state, principal, body)
+        span.add_event("planned", {"gateway.route": exchange.decision.plan.route})
+        try:
+            await _admit(state, exchange)
+            span.add_event("admitted", {"gateway.start_candidate": exchange.start})
+            if body.get("stream"):
+                return await _respond_stream(request, state, exchange)
+            return await _respond_json(state, exchange)
+        except GatewayError as error:
+            exchange.outcome = error.code or "error"
+            raise
+        except asyncio.CancelledError:
+            exchange.outcome = "client_disconnected"
+            raise
+        finally:
+            _settle(state, exchange)
+            state.decisions.append(decision_record(exchange, exchange.snapshot.policy.decision_log.include_prompt))
+            observe(state.telemetry, span, exchange)
 
 
 def _prepare(request: web.Request, state: GatewayState, principal: Principal, body: dict[str, Any]) -> Exchange:

@@ -1,0 +1,54 @@
+"""A finished exchange, told to metrics and to its trace span."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from opentelemetry.trace import Span, Status, StatusCode
+
+from ..spend import actual_cost_micros
+from ..telemetry import Telemetry, record_request
+
+
+def observe(telemetry: Telemetry, span: Span, ex: Any) -> None:
+    c = ex.decision.classification
+    plan = ex.decision.plan
+    answered = ex.answered_by
+    model = answered.model if answered else "none"
+    provider = answered.provider if answered else "none"
+    m = telemetry.metrics
+    m.requests.labels(plan.route, model, provider, ex.outcome, ex.degraded or "none").inc()
+    m.latency.labels(plan.route, "true" if ex.body.get("stream") else "false").observe(time.perf_counter() - ex.started)
+    if ex.quota_degraded:
+        m.quota_degraded.inc()
+    usage = ex.usage
+    tenant = ex.principal.tenant
+    if usage is not None and answered is not None:
+        m.tokens.labels(tenant, model, "input").inc(usage.prompt_tokens)
+        m.tokens.labels(tenant, model, "output").inc(usage.completion_tokens)
+        m.spend.labels(tenant, model).inc(actual_cost_micros(ex.snapshot.catalog, answered.key, usage) / 1_000_000)
+    record_request(
+        span,
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": ex.body.get("model"),
+            "gen_ai.response.model": model,
+            "gen_ai.provider.name": provider,
+            "gen_ai.usage.input_tokens": usage.prompt_tokens if usage else None,
+            "gen_ai.usage.output_tokens": usage.completion_tokens if usage else None,
+            "gateway.tenant": tenant,
+            "gateway.route": plan.route,
+            "gateway.policy_version": ex.snapshot.policy_version,
+            "gateway.complexity.tier": c.tier,
+            "gateway.complexity.score": c.score,
+            "gateway.intent": c.intent,
+            "gateway.risk": c.risk,
+            "gateway.attempts": len(ex.attempts),
+            "gateway.degraded": ex.degraded,
+            "gateway.quota_degraded": ex.quota_degraded or None,
+            "gateway.outcome": ex.outcome,
+        },
+    )
+    if ex.outcome not in ("ok",):
+        span.set_status(Status(StatusCode.ERROR, ex.outcome))
