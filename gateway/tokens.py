@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import string
 import threading
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import tiktoken
 
@@ -65,17 +66,23 @@ def estimate_tokens_and_digits(text: str) -> tuple[int, int]:
     """`estimate_tokens(text)` and the number of ASCII digits in `text`, from one pass."""
     if not text:
         return 0, 0
-    raw = text.encode("utf-8")
+    return estimate_encoded(text.encode("utf-8"), len(text))
+
+
+def estimate_encoded(raw: bytes, chars: int) -> tuple[int, int]:
+    """The estimate and digit count for text already encoded to UTF-8 (`chars` characters)."""
+    if not raw:
+        return 0, 0
     kept = raw.translate(_CLASS_OF, _DROP)
     digits = kept.count(b"0")
     estimate = (
         _INTERCEPT
-        + _PER_CHAR * len(text)
+        + _PER_CHAR * chars
         + _PER_SPACE * kept.count(b" ")
         + _PER_NEWLINE * kept.count(b"\n")
         + _PER_DIGIT * digits
         + _PER_PUNCT * kept.count(b"!")
-        + _PER_EXTRA_UTF8_BYTE * (len(raw) - len(text))
+        + _PER_EXTRA_UTF8_BYTE * (len(raw) - chars)
     )
     return max(1, round(estimate)), digits
 
