@@ -326,15 +326,36 @@ class UpstreamStream:
         self._decoder = SSEDecoder()
         self._raw = client.iter_chunks(response, self._forwarder._timeouts.idle_s, self._deadline)
         try:
-            first = await self._next_batch()
+            first = await self._opening()
         except BaseException:
             await self.aclose()
             raise
         if not first:
             raise UpstreamError(ErrorKind.MALFORMED_RESPONSE, "The upstream stream ended without any chunk.")
+        if _refused(first):
+            await self.aclose()
+            raise UpstreamError(
+                ErrorKind.CONTENT_FILTER, "The upstream's content filter refused the request.", status=200
+            )
         self._pending = first
         self.deployment = deployment
         self.segments.append(Segment(deployment))
+
+    async def _opening(self) -> list[dict[str, Any]]:
+        """The chunks up to and including the first one that carries part of the answer.
+
+        An opening role delta alone is not the answer yet: holding it back until the
+        first content (or tool call, or finish) arrives keeps a failure in between a
+        plain failed attempt, invisible to the client, instead of a continuation.
+        """
+        out: list[dict[str, Any]] = []
+        while True:
+            batch = await self._next_batch()
+            if batch is None:
+                return out
+            out.extend(batch)
+            if any(_carries_answer(chunk) for chunk in batch):
+                return out
 
     async def _next_batch(self) -> list[dict[str, Any]] | None:
         """The next non-empty list of translated chunks; None at the normal end of the answer."""
@@ -392,6 +413,7 @@ class UpstreamStream:
             and not self._saw_tool_calls
             and self.finish_reason is None
             and (self._client_body.get("n") or 1) == 1
+            and not _structured(self._client_body)
             and _remaining(self._deadline) > 0
         )
 
@@ -465,8 +487,39 @@ class UpstreamStream:
 
 
 def _is_role_only(chunk: dict[str, Any]) -> bool:
+    """An opening delta that says only "the assistant speaks" (null and empty fields aside)."""
+    if chunk.get("usage"):
+        return False
     choices = chunk.get("choices") or []
-    if len(choices) != 1:
+    if len(choices) != 1 or choices[0].get("finish_reason"):
         return False
     delta = choices[0].get("delta") or {}
-    return set(delta) <= {"role"} or (set(delta) <= {"role", "content"} and not delta.get("content"))
+    return all(name == "role" or value is None or value == "" for name, value in delta.items())
+
+
+def _carries_answer(chunk: dict[str, Any]) -> bool:
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if choice.get("finish_reason") or delta.get("content") or delta.get("tool_calls") or delta.get("refusal"):
+            return True
+    return False
+
+
+def _refused(opening: list[dict[str, Any]]) -> bool:
+    """The stream's answer is a content-filter finish with nothing said before it."""
+    for chunk in opening:
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if delta.get("content") or delta.get("tool_calls"):
+                return False
+            if choice.get("finish_reason") == "content_filter":
+                return True
+    return False
+
+
+def _structured(body: Mapping[str, Any]) -> bool:
+    """JSON output: a continuation by another model could not be trusted to stay valid JSON."""
+    response_format = body.get("response_format")
+    return isinstance(response_format, Mapping) and response_format.get("type") in ("json_object", "json_schema")

@@ -45,6 +45,10 @@ class BreakerSettings:
     open_s: float = 10.0
     max_open_s: float = 120.0
     half_open_probes: int = 1
+    # A probe whose outcome never came back (its request was cancelled, or failed in a way
+    # no hook saw) gives its slot back after this long; otherwise the breaker would stay
+    # half-open and blocked for good.
+    probe_timeout_s: float = 30.0
 
 
 @dataclass
@@ -54,6 +58,7 @@ class Breaker:
     opened_at: float = 0.0
     open_for: float = 0.0
     probes_in_flight: int = 0
+    probe_started_at: float = 0.0
     outcomes: deque[tuple[float, bool]] = field(default_factory=deque)
 
 
@@ -84,6 +89,8 @@ class BreakerBoard:
             if breaker.state == "open" and now - breaker.opened_at >= breaker.open_for:
                 breaker.state = "half_open"
                 breaker.probes_in_flight = 0
+            elif breaker.probes_in_flight and now - breaker.probe_started_at >= self.settings.probe_timeout_s:
+                breaker.probes_in_flight = 0  # the probe was lost: let another one through
             if breaker.state == "open" or breaker.probes_in_flight >= self.settings.half_open_probes:
                 blocked.add(key)
         return frozenset(blocked)
@@ -93,6 +100,7 @@ class BreakerBoard:
         breaker = self._breakers.get(key)
         if breaker is not None and breaker.state == "half_open":
             breaker.probes_in_flight += 1
+            breaker.probe_started_at = self._clock()
 
     def record(self, key: str, kind: ErrorKind | None) -> None:
         """kind None means success."""
@@ -127,6 +135,11 @@ class BreakerBoard:
     def snapshot(self) -> dict[str, str]:
         self.unavailable()
         return {key: b.state for key, b in self._breakers.items()}
+
+    def reset(self) -> None:
+        """Forget every breaker: all deployments closed, no history (an operator fixed the cause)."""
+        self._breakers.clear()
+        self._open_keys = frozenset()
 
     def apply_remote(self, key: str, state: str, open_for: float) -> None:
         """Adopt a state another replica published (open with its remaining time, or closed)."""
