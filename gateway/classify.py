@@ -37,9 +37,9 @@ import math
 import re
 import string
 from itertools import compress
-from dataclasses import dataclass, field
-from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import jsonschema
 import orjson
@@ -71,6 +71,45 @@ class Classification:
     pii: frozenset[str] = frozenset()  # names of the PII detectors that fired
 
 
+class _Reasons(Mapping[str, str]):
+    """Classification.reasons: the reason per label. The costlier ones are formatted when
+    first read, off the request's path: a reason never changes a decision."""
+
+    __slots__ = ("_done", "_later")
+
+    def __init__(self, done: dict[str, str], later: dict[str, Callable[[], str]]) -> None:
+        self._done = done
+        self._later: dict[str, Callable[[], str]] | None = later
+
+    def _all(self) -> dict[str, str]:
+        later = self._later
+        if later:
+            for key, make in later.items():
+                self._done[key] = make()
+            self._later = None
+        return self._done
+
+    def __getitem__(self, key: str) -> str:
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __repr__(self) -> str:
+        return repr(self._all())
+
+
+def _new_classification(values: dict[str, Any]) -> Classification:
+    """Classification(**values), without the frozen dataclass's object.__setattr__ per field
+    (5 µs of the classifier's budget); `values` must name every field."""
+    obj = object.__new__(Classification)
+    obj.__dict__.update(values)
+    return obj
+
+
 class HintError(ValueError):
     """A request hint (header or metadata) with a value the gateway does not accept."""
 
@@ -92,7 +131,6 @@ BASE_SIGNALS = (
 
 _FOLD = string.punctuation.encode() + b"\t\n\r\x0b\x0c"
 _NORMALIZE = bytes.maketrans(_FOLD, b" " * len(_FOLD))
-_DIGIT_RUNS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
 
 
 def _lower_bytes(raw: bytes, ascii_only: bool) -> bytes:
@@ -213,6 +251,7 @@ class ClassifierRules:
     terms: tuple[bytes, ...]  # " term ", in automaton pattern order
     term_entries: Mapping[bytes, tuple[tuple[int, float], ...]]  # " term " -> (slot, weight) pairs
     term_slots: Mapping[bytes, frozenset[int]]
+    term_order: Mapping[bytes, int]  # " term " -> its index in `terms`
     automaton: Any  # ahocorasick_rs.BytesAhoCorasick over `terms`, or None without the package
     # without the automaton: words by set intersection, phrases by their anchor word
     vocabulary: frozenset[bytes]
@@ -239,7 +278,9 @@ class ClassifierRules:
     detectors: tuple[_Detector, ...]
     digit_run_table: bytes  # translate table: digits and separators kept, space -> "_", rest -> space
     digit_run_probe: bytes  # translate table: digits and separators -> "0", rest -> space
-    digit_run_min_length: int
+    digit_run_min_length: int  # the shortest run any detector needs
+    digit_run_needle: bytes  # "0" * digit_run_min_length
+    digit_run_min_digits: int  # the fewest digits any run-needing detector needs
     risk_groups: tuple[tuple[str, int, int | None], ...]
     output_by_intent: Mapping[str, int]
     tier_factor: Mapping[str, float]
@@ -406,6 +447,7 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
         terms=terms,
         term_entries=term_entries,
         term_slots={k: frozenset(s for s, _ in e) for k, e in term_entries.items()},
+        term_order={t: i for i, t in enumerate(terms)},
         automaton=_automaton(terms),
         vocabulary=frozenset(single) | frozenset(phrases),
         single_terms=single,
@@ -430,6 +472,8 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
         digit_run_table=run_table,
         digit_run_probe=bytes(0x30 if b in kept else 0x20 for b in range(256)),
         digit_run_min_length=min((d.run for d in detectors if d.run), default=0),
+        digit_run_needle=b"0" * min((d.run for d in detectors if d.run), default=1),
+        digit_run_min_digits=min((d.min_digits for d in detectors if d.run), default=1 << 30),
         risk_groups=tuple(risk_groups),
         output_by_intent=dict(out["by_intent"]),
         tier_factor=dict(out["tier_factor"]),
@@ -469,12 +513,12 @@ _CACHE_MAX_CHARS = 32_768
 _Entries = tuple[tuple[int, float], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class _Scan:
+class _Scan(NamedTuple):
     """What the classifier reads from the text of one message."""
 
     tokens: int
     digits: int
+    has_run: bool  # holds a digit run as long as the shortest a PII detector needs
     hits: Mapping[bytes, _Entries]  # keyword key -> (slot, weight) pairs
     first_word: bytes
     numbers: int
@@ -510,17 +554,19 @@ def _keyword_hits(low: bytes, rules: ClassifierRules) -> tuple[dict[bytes, _Entr
     entries = rules.term_entries
     if rules.automaton is not None:
         terms = rules.terms
-        found = {terms[i] for i, _, _ in rules.automaton.find_matches_as_indexes(padded, overlapping=True)}
-        return {term: entries[term] for term in found}, padded
-    hits: dict[bytes, _Entries] = {}
+        # sorted, so weights add up in one order whatever the hash seed (a tie stays a tie)
+        found = sorted({i for i, _, _ in rules.automaton.find_matches_as_indexes(padded, overlapping=True)})
+        return {terms[i]: entries[terms[i]] for i in found}, padded
+    found: set[bytes] = set()
     for word in rules.vocabulary.intersection(padded.split()):
         term = rules.single_terms.get(word)
         if term is not None:
-            hits[term] = entries[term]
+            found.add(term)
         for term in rules.phrase_terms.get(word, ()):
             if term in padded:
-                hits[term] = entries[term]
-    return hits, padded
+                found.add(term)
+    order = rules.term_order
+    return {term: entries[term] for term in sorted(found, key=order.__getitem__)}, padded
 
 
 def _count_markers(scan: bytes, markers: _Markers) -> tuple[int, ...]:
@@ -546,9 +592,12 @@ def _count_markers(scan: bytes, markers: _Markers) -> tuple[int, ...]:
 
 def _scan(text: str, rules: ClassifierRules, read_words: bool) -> _Scan:
     raw = text.encode("utf-8")
-    tokens, digits = estimate_encoded(raw, len(text))
+    tokens, digits, numbers = estimate_encoded(raw, len(text))
+    # a run of digits and separators long enough for a card, phone or ID number: one
+    # translate and a substring test, and only on text with that many digits at all
+    has_run = digits >= rules.digit_run_min_digits and rules.digit_run_needle in raw.translate(rules.digit_run_probe)
     if not read_words or not text:
-        return _Scan(tokens, digits, {}, b"", 0, 0, rules.markers.zero)
+        return _Scan(tokens, digits, has_run, {}, b"", 0, 0, rules.markers.zero)
     ascii_only = len(raw) == len(text)
     if len(text) > rules.head_chars + rules.tail_chars:
         # Instructions sit at the start or the end of a long prompt; the middle is usually
@@ -557,11 +606,8 @@ def _scan(text: str, rules: ClassifierRules, read_words: bool) -> _Scan:
     low = b"\n" + _lower_bytes(raw, ascii_only)
     hits, norm = _keyword_hits(low, rules)
     first = norm.split(None, 1)
-    return _Scan(
-        tokens, digits, hits, first[0] if first else b"",
-        norm.translate(_DIGIT_RUNS).count(b" 0") if digits else 0,  # norm starts with a space
-        low.count(b"?"), _count_markers(low, rules.markers),
-    )
+    return _Scan(tokens, digits, has_run, hits, first[0] if first else b"", numbers,
+                 low.count(b"?"), _count_markers(low, rules.markers))
 
 
 # System prompts and earlier turns come back with every request of an app or a
@@ -650,11 +696,8 @@ def _digit_runs(text: str, rules: ClassifierRules) -> list[str]:
     """
     # digits and separators kept, a space becomes "_", anything else a space; a lone "_"
     # between two words is dropped before the split so it makes no list item
-    raw = text.encode("utf-8")
     shortest = rules.digit_run_min_length
-    if b"0" * shortest not in raw.translate(rules.digit_run_probe):
-        return []
-    pieces = raw.translate(rules.digit_run_table).replace(b" _ ", b"   ").split()
+    pieces = text.encode("utf-8").translate(rules.digit_run_table).replace(b" _ ", b"   ").split()
     return [p.replace(b"_", b" ").strip().decode("ascii") for p in pieces if len(p) >= shortest]
 
 
@@ -665,7 +708,8 @@ def _detect(det: _Detector, text: str) -> bool:
     return False
 
 
-def _risk(texts: list[str], digits: int, slots: list[float], hints: _Hints, rules: ClassifierRules) -> tuple[int, frozenset[str], str]:
+def _risk(texts: list[str], digits: int, has_run: bool, slots: list[float], hints: _Hints,
+          rules: ClassifierRules) -> tuple[int, frozenset[str], str]:
     """PII detectors over everything sent, then sensitive wording, then the client's hint."""
     level = 0
     why: list[str] = []
@@ -685,6 +729,8 @@ def _risk(texts: list[str], digits: int, slots: list[float], hints: _Hints, rule
         if not all_text:
             all_text = "\n".join(texts)
         if det.run:
+            if not has_run:
+                continue
             if runs is None:
                 runs = _digit_runs(all_text, rules)
                 longest = max(map(len, runs), default=0)
@@ -713,6 +759,23 @@ def _risk(texts: list[str], digits: int, slots: list[float], hints: _Hints, rule
 
 
 # --- classify --------------------------------------------------------------------------------
+
+def _intent_reason(rules: ClassifierRules, best_index: int, best_score: float, hits: Mapping[bytes, _Entries],
+                   context_hits: Mapping[bytes, _Entries], values: list[float]) -> str:
+    term_slots = rules.term_slots
+    terms = [key.strip().decode() for source in (hits, context_hits) for key in source if best_index in term_slots[key]]
+    terms += [rules.signal_names[index] for index, _ in rules.intent_signals[best_index] if values[index]]
+    return f"score {best_score:.1f}: {', '.join(sorted(set(terms))[:8])}"
+
+
+def _default_intent_reason(rules: ClassifierRules, best_index: int, best_score: float) -> str:
+    return f"default (best {rules.intents[best_index]} scored {best_score:.1f})"
+
+
+def _tier_reason(score: float, contributions: list[tuple[float, float, str]]) -> str:
+    top = sorted(contributions, reverse=True)[:4]
+    return f"score {score:.2f}: " + ", ".join(f"{name} {c:+.2f}" for _, c, name in top)
+
 
 def _positive_int(value: Any) -> int | None:
     return value if type(value) is int and value > 0 else None
@@ -757,6 +820,7 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
     hits = current.hits
     markers = list(current.markers)
     digits_total = current.digits
+    has_run = current.has_run
     tokens_system = tokens_context = 0
     context_hits: dict[bytes, _Entries] = {}
     for i, text in enumerate(texts):
@@ -766,6 +830,7 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
         read_words = role == "user" or role == "system" or role == "developer"
         scan = _scan_context(text, rules, read_words)
         digits_total += scan.digits
+        has_run = has_run or scan.has_run
         if role == "system" or role == "developer":
             tokens_system += scan.tokens
         else:
@@ -815,6 +880,7 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
 
     # Intent: the best keyword + signal score, else the default (ties: the earlier intent).
     reasons: dict[str, str] = {}
+    later: dict[str, Callable[[], str]] = {}
     if hints.task is not None:
         intent = hints.task
         reasons["intent"] = f"hint {hints.task_param}"
@@ -828,15 +894,10 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
         best_score = scores[best_index]
         if best_score >= rules.intent_min_score:
             intent = rules.intents[best_index]
-            term_slots = rules.term_slots
-            terms = [key.strip().decode() for key in hits if best_index in term_slots[key]]
-            if context_hits:
-                terms += [key.strip().decode() for key in context_hits if best_index in term_slots[key]]
-            terms += [rules.signal_names[index] for index, _ in rules.intent_signals[best_index] if values[index]]
-            reasons["intent"] = f"score {best_score:.1f}: {', '.join(sorted(set(terms))[:8])}"
+            later["intent"] = functools.partial(_intent_reason, rules, best_index, best_score, hits, context_hits, values)
         else:
             intent = rules.default_intent
-            reasons["intent"] = f"default (best {rules.intents[best_index]} scored {best_score:.1f})"
+            later["intent"] = functools.partial(_default_intent_reason, rules, best_index, best_score)
 
     # Complexity: a logistic score over weighted, capped signals.
     prior = rules.intent_priors.get(intent, 0.0)
@@ -855,10 +916,9 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
         if score >= bound:
             tier = name
             break
-    contributions.sort(reverse=True)
-    reasons["tier"] = f"score {score:.2f}: " + ", ".join([f"{n} {c:+.2f}" for _, c, n in contributions[:4]])
+    later["tier"] = functools.partial(_tier_reason, score, contributions)
 
-    level, pii, reasons["risk"] = _risk(texts, digits_total, slots, hints, rules)
+    level, pii, reasons["risk"] = _risk(texts, digits_total, has_run, slots, hints, rules)
 
     # Format, needs, latency.
     stream = body.get("stream") is True
@@ -914,9 +974,9 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
         output_tokens = int(min(expected, rules.output_max))
         reasons["output_tokens"] = f"estimate for {intent}/{tier}"
 
-    return Classification(
-        tier=tier, score=round(score, 4), intent=intent, risk=RISKS[level], format=fmt,
-        latency_class=latency, input_tokens=input_tokens, output_tokens=output_tokens,
-        needs=frozenset(needs), objective=hints.objective, latency_budget_ms=hints.budget,
-        reasons=reasons, input_tokens_exact=exact, pii=pii,
-    )
+    return _new_classification({
+        "tier": tier, "score": round(score, 4), "intent": intent, "risk": RISKS[level], "format": fmt,
+        "latency_class": latency, "input_tokens": input_tokens, "output_tokens": output_tokens,
+        "needs": frozenset(needs), "objective": hints.objective, "latency_budget_ms": hints.budget,
+        "reasons": _Reasons(reasons, later), "input_tokens_exact": exact, "pii": pii,
+    })

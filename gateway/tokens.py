@@ -59,32 +59,37 @@ _encoding_lock = threading.Lock()
 
 def estimate_tokens(text: str) -> int:
     """Approximate cl100k token count of `text`, without tokenizing it."""
-    return estimate_tokens_and_digits(text)[0]
-
-
-def estimate_tokens_and_digits(text: str) -> tuple[int, int]:
-    """`estimate_tokens(text)` and the number of ASCII digits in `text`, from one pass."""
     if not text:
-        return 0, 0
-    return estimate_encoded(text.encode("utf-8"), len(text))
+        return 0
+    return estimate_encoded(text.encode("utf-8"), len(text))[0]
 
 
-def estimate_encoded(raw: bytes, chars: int) -> tuple[int, int]:
-    """The estimate and digit count for text already encoded to UTF-8 (`chars` characters)."""
+def estimate_encoded(raw: bytes, chars: int) -> tuple[int, int, int]:
+    """For UTF-8 text of `chars` characters: (token estimate, ASCII digits, numbers).
+
+    One translate pass; `numbers` counts runs of digits (a decimal point or a thousands
+    separator splits a number in two, as the tokenizer does).
+    """
     if not raw:
-        return 0, 0
+        return 0, 0, 0
     kept = raw.translate(_CLASS_OF, _DROP)
     digits = kept.count(b"0")
+    numbers = 0
+    if digits:
+        # letters are dropped, so a run of "0" starts after a space, newline or punctuation
+        numbers = kept.count(b" 0") + kept.count(b"!0") + kept.count(b"\n0") + (kept[0] == 0x30)
+    spaces = kept.count(b" ")
+    newlines = kept.count(b"\n")
     estimate = (
         _INTERCEPT
         + _PER_CHAR * chars
-        + _PER_SPACE * kept.count(b" ")
-        + _PER_NEWLINE * kept.count(b"\n")
+        + _PER_SPACE * spaces
+        + _PER_NEWLINE * newlines
         + _PER_DIGIT * digits
-        + _PER_PUNCT * kept.count(b"!")
+        + _PER_PUNCT * (len(kept) - spaces - newlines - digits)
         + _PER_EXTRA_UTF8_BYTE * (len(raw) - chars)
     )
-    return max(1, round(estimate)), digits
+    return max(1, round(estimate)), digits, numbers
 
 
 def _get_encoding() -> tiktoken.Encoding:
