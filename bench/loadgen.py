@@ -53,6 +53,7 @@ class LoadResult:
     latencies_s: list[float] = field(default_factory=list)  # send -> last byte, 2xx only
     ttfb_s: list[float] = field(default_factory=list)  # send -> first body byte, 2xx only
     first_error: str | None = None  # the first failure seen, for a readable diagnosis
+    first_error_body: bytes | None = None  # the body of the first non-2xx response
     sample_body: bytes | None = None  # the first 2xx body, so the caller can check its shape
 
     @property
@@ -97,8 +98,8 @@ class _Window:
         else:
             result.errors += 1
             if result.first_error is None:
-                text = (body or b"")[:300].decode("utf-8", "replace")
-                result.first_error = f"HTTP {status}: {text}"
+                result.first_error_body = body or b""
+                result.first_error = f"HTTP {status}: {result.first_error_body[:300].decode('utf-8', 'replace')}"
 
     def broken(self, reason: str) -> None:
         if self.start <= _now() < self.end:
@@ -308,7 +309,7 @@ async def probe(host: str, port: int, request: bytes, timeout_s: float = 2.0) ->
     status = next(iter(result.statuses))
     if 200 <= status < 300:
         return status, result.sample_body or b""
-    return status, (result.first_error or "").encode()
+    return status, result.first_error_body or b""
 
 
 class FixedResponder(asyncio.Protocol):

@@ -670,7 +670,7 @@ def _git_commit() -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     report = Report(meta={
-        "command": " ".join([Path(sys.argv[0]).name if argv is None else "run.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join([sys.argv[0] if argv is None else "bench/run.py", *(sys.argv[1:] if argv is None else argv)]),
         "duration_s": args.duration, "warmup_s": args.warmup, "concurrency": args.concurrency,
         "loadavg_start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "cpus": os.cpu_count(), "python": platform.python_version(), "commit": _git_commit(),
