@@ -170,14 +170,16 @@ def _store_key_lookup(store: QuotaStore):  # type: ignore[no-untyped-def]
 
 
 async def _probe(store: QuotaStore, failure_mode: str) -> str:
-    ping = getattr(store, "ping", None)
+    ping = getattr(store, "ping", None)  # only the shared (Redis) store can be unreachable
     if ping is None:
         return "ok"
     try:
-        await ping()
+        reachable = bool(await ping())
+    except Exception:  # noqa: BLE001 - any failure to answer is "unreachable"
+        reachable = False
+    if reachable:
         return "ok"
-    except Exception:  # noqa: BLE001
-        return "degraded" if failure_mode == "fail_open" else "unreachable"
+    return "degraded" if failure_mode == "fail_open" else "unreachable"
 
 
 class GatewayHooks(AttemptHooks):

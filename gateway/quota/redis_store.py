@@ -43,6 +43,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from .admission import decode_admission
@@ -87,12 +88,19 @@ class ScriptFailed(QuotaUnavailable):
 
 
 def make_client(url: str, timeout_s: float) -> Redis:
-    """A client that gives up after `timeout_s` and reconnects on its own at the next call."""
+    """A client that gives up after `timeout_s` and reconnects on its own at the next call.
+
+    One immediate retry on a connection error (never on a timeout): after a Redis restart
+    every pooled connection is stale, and each would otherwise fail one call and mark the
+    whole store down although Redis answers again.
+    """
     return Redis.from_url(
         url,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        retry_on_error=[RedisConnectionError],  # pipelines consult this list, not the Retry's
+        retry_on_timeout=False,
         health_check_interval=0,
     )
 
