@@ -23,9 +23,14 @@ a client must not be able to send detected PII to a lane that is not cleared for
 An invalid value raises `HintError(param, message)`, `param` naming the header or
 `metadata.<key>`, for the HTTP layer to answer 400.
 
-Speed: one lower-casing and one word split per message, keyword lookup by set
-intersection, PII regexes only behind cheap prefilters (digit count, a required substring),
-and exact tokenization only near a context-window size (rules: tokens.exact_count_near).
+Speed (budget: 50 µs median for a 500-token request; `python bench/classifier_bench.py`):
+a handful of C-level passes over the last user message (encode, one translate for the
+token estimate, lower-casing, one Aho-Corasick pass for all keywords and one for all
+markers); scans of the system prompt and earlier turns are cached, since they come back
+with every request of a conversation; PII regexes run only behind C-level prefilters
+(digit count, a required substring, a long enough run of digits) and then only over the
+digit runs; exact tokenization only near a context-window size (tokens.exact_count_near);
+the costlier reasons are formatted when first read.
 """
 
 from __future__ import annotations
@@ -37,13 +42,19 @@ import math
 import re
 import string
 from itertools import compress
-from dataclasses import dataclass, field, fields
+from operator import itemgetter
+from dataclasses import dataclass, field
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jsonschema
 import orjson
 import yaml
+
+try:  # Aho-Corasick automata (Rust): one pass finds every keyword or marker
+    import ahocorasick_rs
+except ImportError:  # pragma: no cover - a declared dependency; without it a slower path
+    ahocorasick_rs = None
 
 from .tokens import count_messages_tokens, estimate_encoded, estimate_tokens
 
@@ -183,53 +194,28 @@ class _Detector:
     run: int  # the text must hold a digit run at least this long (0: no such need)
 
 
-# Markers are counted with bytes.count, a pass over the text each. Each marker has a gate:
-# its rarest byte (for a line marker, the byte after the newline). One translate keeps only
-# the gate bytes of a text, and only the markers whose gate is there are counted: on prose
-# that is a handful of markers, however many the rules list.
-_COMMON_CHARS = frozenset(" .,'-\"")
-
-
-def _rarity(ch: str) -> int:
-    if ch.isascii() and (ch.isalnum() or ch in _COMMON_CHARS or ch.isspace()):
-        return 0 if ch.isalnum() or ch.isspace() else 1
-    return 2 if ch.isascii() else 3
-
-
 @dataclass(frozen=True)
 class _Markers:
-    # All substrings are lower-cased UTF-8 bytes, counted in the _lower_bytes form.
     signals: tuple[str, ...]  # "marker.<name>", in count order
     zero: tuple[int, ...]
-    line_width: int  # bytes of each line start kept for line markers
-    line: Mapping[int, tuple[tuple[int, bytes], ...]]  # gate byte -> (signal index, "\n...")
-    inline: Mapping[int, tuple[tuple[int, bytes], ...]]  # gate byte -> (signal index, substring)
-    always: tuple[tuple[int, bytes], ...]  # markers of letters, digits and spaces: always counted
-    drop_line: bytes  # translate deletion table: every byte but the line gates
-    drop_inline: bytes
+    patterns: tuple[bytes, ...]  # every marker substring, lower-cased UTF-8
+    signal_of: tuple[int, ...]  # pattern index -> signal index
+    automaton: Any  # ahocorasick_rs.BytesAhoCorasick over `patterns`, or None without the package
 
 
 def _compile_markers(raw: Mapping[str, list[str]]) -> _Markers:
-    line: dict[int, list[tuple[int, bytes]]] = {}
-    inline: dict[int, list[tuple[int, bytes]]] = {}
-    always: list[tuple[int, bytes]] = []
+    patterns: list[bytes] = []
+    signal_of: list[int] = []
     for index, subs in enumerate(raw.values()):
         for sub in subs:
             key = _lower_bytes(sub.encode(), sub.isascii())
-            if sub.startswith("\n") and len(key) > 1:
-                line.setdefault(key[1], []).append((index, key))
-                continue
-            rarest = max(sub, key=_rarity)
-            if _rarity(rarest) == 0:
-                always.append((index, key))
-            else:  # the last byte of a character's UTF-8 form is the one that varies
-                inline.setdefault(rarest.encode()[-1], []).append((index, key))
-    width = max((len(sub) - 1 for group in line.values() for _, sub in group), default=0)
-    return _Markers(
-        tuple(f"marker.{name}" for name in raw), (0,) * len(raw), width,
-        {g: tuple(v) for g, v in line.items()}, {g: tuple(v) for g, v in inline.items()}, tuple(always),
-        bytes(b for b in range(256) if b not in line), bytes(b for b in range(256) if b not in inline),
-    )
+            if key not in patterns:
+                patterns.append(key)
+                signal_of.append(index)
+    automaton = None
+    if ahocorasick_rs is not None and patterns:
+        automaton = ahocorasick_rs.BytesAhoCorasick(patterns, implementation=ahocorasick_rs.Implementation.DFA)
+    return _Markers(tuple(f"marker.{name}" for name in raw), (0,) * len(raw), tuple(patterns), tuple(signal_of), automaton)
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: it keys the scan cache
@@ -252,6 +238,7 @@ class ClassifierRules:
     term_entries: Mapping[bytes, tuple[tuple[int, float], ...]]  # " term " -> (slot, weight) pairs
     term_slots: Mapping[bytes, frozenset[int]]
     term_order: Mapping[bytes, int]  # " term " -> its index in `terms`
+    term_items: tuple[tuple[bytes, tuple[tuple[int, float], ...]], ...]  # index -> (" term ", entries)
     automaton: Any  # ahocorasick_rs.BytesAhoCorasick over `terms`, or None without the package
     # without the automaton: words by set intersection, phrases by their anchor word
     vocabulary: frozenset[bytes]
@@ -448,6 +435,7 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
         term_entries=term_entries,
         term_slots={k: frozenset(s for s, _ in e) for k, e in term_entries.items()},
         term_order={t: i for i, t in enumerate(terms)},
+        term_items=tuple((t, term_entries[t]) for t in terms),
         automaton=_automaton(terms),
         vocabulary=frozenset(single) | frozenset(phrases),
         single_terms=single,
@@ -490,9 +478,7 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
 def _automaton(terms: tuple[bytes, ...]) -> Any:
     # One pass over the text finds every term (~3x faster than splitting it into words);
     # without the package, classify falls back to a word split with the same results.
-    try:
-        import ahocorasick_rs
-    except ImportError:  # pragma: no cover - the package is a declared dependency
+    if ahocorasick_rs is None:
         return None
     return ahocorasick_rs.BytesAhoCorasick(list(terms), implementation=ahocorasick_rs.Implementation.DFA)
 
@@ -508,9 +494,10 @@ def load_default_rules() -> ClassifierRules:
 
 _REPLY_PRIMING = 3  # tokens.REPLY_PRIMING_TOKENS
 _PER_MESSAGE = 3  # tokens.TOKENS_PER_MESSAGE
-_CACHE_MAX_CHARS = 32_768
+_CACHE_MAX_CHARS = 8192  # bounds the cache to ~2048 x 8 KB of text
 
 _Entries = tuple[tuple[int, float], ...]
+_FIRST = itemgetter(0)
 
 
 class _Scan(NamedTuple):
@@ -553,10 +540,9 @@ def _keyword_hits(low: bytes, rules: ClassifierRules) -> tuple[dict[bytes, _Entr
     padded = low.translate(_NORMALIZE) + b" "
     entries = rules.term_entries
     if rules.automaton is not None:
-        terms = rules.terms
         # sorted, so weights add up in one order whatever the hash seed (a tie stays a tie)
-        found = sorted({i for i, _, _ in rules.automaton.find_matches_as_indexes(padded, overlapping=True)})
-        return {terms[i]: entries[terms[i]] for i in found}, padded
+        found = sorted(set(map(_FIRST, rules.automaton.find_matches_as_indexes(padded, overlapping=True))))
+        return dict(map(rules.term_items.__getitem__, found)), padded
     found: set[bytes] = set()
     for word in rules.vocabulary.intersection(padded.split()):
         term = rules.single_terms.get(word)
@@ -570,23 +556,16 @@ def _keyword_hits(low: bytes, rules: ClassifierRules) -> tuple[dict[bytes, _Entr
 
 
 def _count_markers(scan: bytes, markers: _Markers) -> tuple[int, ...]:
-    """Marker counts in `scan` (lower-cased bytes starting with a newline)."""
+    """Marker counts in `scan` (lower-cased bytes starting with a newline): every occurrence
+    of every marker, so "x^2" counts for both "x^" and "^2"."""
     counts = list(markers.zero)
-    for index, sub in markers.always:
-        counts[index] += scan.count(sub)
-    gates = scan.translate(None, markers.drop_inline)
-    if gates:
-        for gate in set(gates):
-            for index, sub in markers.inline[gate]:
-                counts[index] += scan.count(sub)
-    if markers.line:
-        width = markers.line_width
-        starts = b"\n".join([line[:width] for line in scan.split(b"\n")])
-        gates = starts.translate(None, markers.drop_line)
-        if gates:
-            for gate in set(gates):
-                for index, sub in markers.line[gate]:
-                    counts[index] += starts.count(sub)
+    signal_of = markers.signal_of
+    if markers.automaton is not None:
+        for i in map(_FIRST, markers.automaton.find_matches_as_indexes(scan, overlapping=True)):
+            counts[signal_of[i]] += 1
+    else:  # the same, except that a marker overlapping itself ("==" in "===") counts once
+        for i, pattern in enumerate(markers.patterns):
+            counts[signal_of[i]] += scan.count(pattern)
     return tuple(counts)
 
 

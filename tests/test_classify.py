@@ -285,3 +285,89 @@ def test_default_rules_file_matches_loaded_rules(rules: ClassifierRules) -> None
 
     text = importlib.resources.files("catalog").joinpath("classifier.yaml").read_text("utf-8")
     assert yaml.safe_load(text) == rules.raw
+
+
+# --- mechanics behind the speed budget ---------------------------------------------------------
+
+MIXED = [
+    body(user(LEGAL)),
+    CODE_REVIEW,
+    EXTRACTION,
+    body({"role": "system", "content": "You are a translator. Translate into German."},
+         user("Step-by-step: what's the trade-off? 1) cost 2) speed\n- item\n## Heading\n| a | b |")),
+    body(user("Solve: \\frac{1}{2} + x^2 = 3, f(x) = 2x; compare   both... then prove it ≤ 4 √2")),
+]
+
+
+def test_keywords_and_markers_match_the_same_without_the_automata(rules: ClassifierRules) -> None:
+    import dataclasses
+
+    plain = dataclasses.replace(rules, automaton=None, markers=dataclasses.replace(rules.markers, automaton=None))
+    for request in MIXED:
+        fast, slow = classify(request, {}, rules), classify(request, {}, plain)
+        assert (fast.score, fast.intent, fast.tier, dict(fast.reasons)) == (slow.score, slow.intent, slow.tier, dict(slow.reasons))
+
+
+def test_classification_record_equals_the_constructed_one(rules: ClassifierRules) -> None:
+    import dataclasses
+
+    c = classify(CODE_REVIEW, {}, rules)
+    rebuilt = Classification(**{f.name: getattr(c, f.name) for f in dataclasses.fields(Classification)})
+    assert c == rebuilt and c.__dict__.keys() == rebuilt.__dict__.keys()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.tier = "expert"  # type: ignore[misc]
+
+
+def test_reasons_read_as_a_plain_mapping(rules: ClassifierRules) -> None:
+    c = classify(CODE_REVIEW, {"x-gateway-objective": "quality"}, rules)
+    reasons = dict(c.reasons)
+    assert reasons["tier"].startswith("score ") and "code" in reasons["intent"]
+    assert reasons["objective"] == "hint x-gateway-objective"
+    assert len(c.reasons) == len(reasons) and "tier" in c.reasons
+
+
+def test_same_labels_under_another_hash_seed(rules: ClassifierRules) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys\n"
+        "from gateway.classify import classify, load_default_rules\n"
+        "out = [[c.score, c.intent, c.tier, c.risk, dict(c.reasons)] for c in\n"
+        "       (classify(b, {}, load_default_rules()) for b in json.load(sys.stdin))]\n"
+        "print(json.dumps(out))\n"
+    )
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    done = subprocess.run([sys.executable, "-c", script], input=json.dumps(MIXED), capture_output=True,
+                          text=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)), check=True)
+    here = [[c.score, c.intent, c.tier, c.risk, dict(c.reasons)] for c in (classify(b, {}, rules) for b in MIXED)]
+    assert json.loads(done.stdout) == here
+
+
+def test_context_counts_less_than_the_question(rules: ClassifierRules) -> None:
+    # the system prompt frames the request: it can decide the intent when the question is bare
+    framed = body({"role": "system", "content": "You translate customer emails into English."}, user("Bonjour, merci."))
+    assert classify(framed, {}, rules).intent == "translate"
+    # but wording in the last user message outweighs the same wording in the context
+    asked = classify(body(user("Prove that the algorithm is optimal, step by step.")), {}, rules)
+    in_context = classify(body({"role": "system", "content": "Prove that the algorithm is optimal, step by step."},
+                               user("Go ahead.")), {}, rules)
+    assert asked.score > in_context.score
+
+
+def test_pasted_material_in_the_middle_of_a_long_prompt_is_not_read_for_keywords(rules: ClassifierRules) -> None:
+    filler = "The quarterly figures were in line with the plan and the team met every deadline. " * 60
+    prompt = "Give me a two-line summary of this status report.\n\n" + filler + " prove theorem lemma " + filler
+    c = classify(body(user(prompt)), {}, rules)
+    assert c.intent == "summarize"
+    assert "rigor" not in c.reasons["tier"]
+
+
+def test_card_number_in_tool_call_arguments_is_found(rules: ClassifierRules) -> None:
+    request = body(user("Book it."), {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "pay", "arguments": '{"card": "4111111111111111"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"}, user("Thanks!"))
+    c = classify(request, {}, rules)
+    assert "payment_card" in c.pii and c.risk == "high"
