@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 from .providers.errors import ErrorKind
 
@@ -136,10 +136,33 @@ class BreakerBoard:
         self.unavailable()
         return {key: b.state for key, b in self._breakers.items()}
 
+    def next_probe_in(self, keys: Iterable[str]) -> float:
+        """Seconds until the first of these deployments lets a request through again.
+
+        0 when one of them is usable now (or none is given). What a refusal's retry-after
+        should say when the breakers of every candidate of a route are open.
+        """
+        blocked = self.unavailable()
+        now = self._clock()
+        waits = []
+        for key in keys:
+            breaker = self._breakers.get(key)
+            if breaker is None or key not in blocked:
+                return 0.0
+            if breaker.state == "open":
+                waits.append(max(0.0, breaker.opened_at + breaker.open_for - now))
+            else:  # half-open with its probe out: the probe's answer, or its expiry
+                waits.append(max(0.0, breaker.probe_started_at + self.settings.probe_timeout_s - now))
+        return min(waits, default=0.0)
+
     def reset(self) -> None:
-        """Forget every breaker: all deployments closed, no history (an operator fixed the cause)."""
+        """Close every breaker and forget its history (an operator fixed the cause)."""
+        was_open = [key for key, breaker in self._breakers.items() if breaker.state != "closed"]
         self._breakers.clear()
         self._open_keys = frozenset()
+        if self.on_change:
+            for key in was_open:
+                self.on_change(key, "closed", 0.0)
 
     def apply_remote(self, key: str, state: str, open_for: float) -> None:
         """Adopt a state another replica published (open with its remaining time, or closed)."""
