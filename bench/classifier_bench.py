@@ -26,19 +26,72 @@ from gateway.tokens import count_tokens, estimate_tokens  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "routing-eval"
 
-_POLICY_TEXT = (
-    "Our refund policy allows returns within 30 days of delivery for unused items in their "
-    "original packaging. Refunds are issued to the original payment method within 5 to 7 "
-    "business days after we receive the item. Shipping costs are not refundable unless the "
-    "item arrived damaged or we sent the wrong product. "
-)
-_ARTICLE = (
-    "The city council met on Tuesday to discuss the new transit plan, which would add three "
-    "bus lines and extend the light rail to the airport by 2027. Supporters argued the plan "
-    "would cut commute times and emissions, while critics questioned the cost estimates and "
-    "the impact of construction on local businesses along the route. "
-)
+# Realistic, non-repeating texts: a prompt that repeats one paragraph would flatter or
+# penalize the keyword pass, which costs per keyword occurrence.
+_POLICY = """Returns and refunds
+You can return most new, unopened items within 30 days of delivery for a full refund. We also
+accept returns of opened items if they are in their original condition and packaging, minus a
+restocking fee of 15 percent for electronics and large appliances.
+
+How refunds work
+Once your return reaches our warehouse, we inspect it and issue the refund to the original
+payment method, usually within five business days. Your bank may need a few more days to post
+it. Gift cards, store credit and promotional discounts are refunded as store credit only.
+
+Exchanges
+If you received a damaged or defective product, contact support with a photo of the damage and
+your order number; we ship a replacement at no cost and send a prepaid label for the original.
+Exchanges for a different size or color are free for members and cost a flat shipping fee
+for everyone else.
+
+Items we cannot take back
+Perishable goods, personalized items, downloadable software, gift cards and intimate apparel
+are final sale. Items marked clearance can be exchanged but not refunded.
+
+International orders
+Customers outside the country pay return shipping unless the item arrived damaged. Duties and
+import taxes paid at delivery are not refundable by us, but your local customs office may
+reimburse them if you keep the proof of export that comes with the return label.
+
+Holiday season
+Purchases made between November 1 and December 24 can be returned until January 31 of the
+following year, whatever the usual return window for the product.
+
+Customer question: I bought a blender three weeks ago, used it twice and it leaks from the
+base. Can I still return it, and will I get my money back or store credit?"""
+
+_ARTICLE = """The city council voted on Tuesday to approve a transit plan that adds three
+bus lines, extends the light rail to the airport by 2027 and rebuilds two downtown stations.
+The vote was seven to four after a four-hour hearing in which more than sixty residents spoke.
+Supporters, including the regional chamber of commerce and two labor unions, said the plan
+would cut average commute times by about twelve minutes and reduce car traffic on the ring
+road, which carries more than ninety thousand vehicles a day. Critics questioned the cost
+estimate of 1.4 billion dollars, noting that the last rail extension ran forty percent over
+budget and opened two years late. Several shop owners on Market Street said construction
+would drive customers away and asked for a compensation fund; the council agreed to set aside
+eight million dollars for affected businesses. The mayor called the decision the most
+important infrastructure vote in a generation and promised monthly progress reports. Federal
+grants are expected to cover about a third of the cost, with the rest coming from a sales
+tax increase that voters approved last year and from bonds. Environmental groups praised the
+plan but urged the city to electrify the new bus lines from the start instead of buying
+hybrid buses. The transit agency said it will publish a detailed schedule in the spring and
+begin utility relocation work on the airport segment in the autumn, pending final approval
+from the state transportation department."""
+
 _CODE = '''```python
+import json
+from dataclasses import dataclass
+
+@dataclass
+class Order:
+    id: str
+    items: list
+    total: float
+
+def load_orders(path):
+    with open(path) as f:
+        return [Order(**row) for row in json.load(f)]
+
 def merge_intervals(intervals):
     intervals.sort(key=lambda iv: iv[0])
     merged = []
@@ -48,8 +101,62 @@ def merge_intervals(intervals):
         else:
             merged.append([start, end])
     return merged
-```
-'''
+
+def apply_discount(order, percent):
+    if percent > 100:
+        raise ValueError("percent")
+    order.total = order.total * (1 - percent / 100)
+    return order
+
+def busiest_hour(timestamps):
+    counts = {}
+    for ts in timestamps:
+        counts[ts.hour] = counts.get(ts.hour, 0) + 1
+    return max(counts, key=counts.get)
+```'''
+
+_MEETING = """Notes from the vendor review on 14 March. Present: Dana Whitfield (procurement), Marcus
+Lee (engineering), Priya Natarajan (finance) and, from Northwind Logistics, their account
+manager Tom Berger. Tom opened with an update on the warehouse migration in Rotterdam, which
+moved to the new site on 2 March and is now handling about eighty percent of our European
+volume. Marcus raised the two outages in February that delayed shipments to Spain and Italy;
+Northwind traced both to a failed database upgrade and committed to a post-mortem by 28 March.
+Priya presented the cost comparison: Northwind's renewal quote is six percent above last year,
+while the alternative bid from Skyline Freight is nine percent lower but excludes customs
+brokerage. Dana asked Skyline, through email, for a revised quote including brokerage by 21
+March. The group agreed to keep Northwind for the Nordic routes in any case, because Skyline
+has no depot north of Hamburg. Action items: Marcus to share the incident timeline with
+Northwind, Priya to model a split contract, Dana to schedule a follow-up call with both
+vendors in the week of 25 March. Next review: 8 April, same participants, plus Elena Rossi
+from legal to go over the liability caps in the draft contract."""
+
+_TRIP = """We are a family of four (two kids, 9 and 12) planning two weeks in Japan in late April.
+We land in Osaka and fly home from Tokyo. The kids love animals, trains and anything hands-on;
+my partner wants gardens and quiet temples; I would like one or two nights in a ryokan with an
+onsen. We prefer to avoid very crowded places and long days of travel, and we'd rather rent
+a car for the countryside if that is cheaper than rail passes for four people."""
+
+_ITINERARY = """Here is a draft itinerary. Days 1-3: Osaka, with the aquarium, Universal Studios and
+a day trip to Nara to see the deer park and Todai-ji. Days 4-6: Kyoto, staying near Gion, with
+Fushimi Inari early in the morning, the Arashiyama bamboo grove and a cooking class. Day 7:
+train to Hiroshima and Miyajima. Days 8-9: Himeji castle and Kobe. Days 10-12: Hakone, with a
+ryokan night, the open-air museum and a boat on Lake Ashi. Days 13-14: Tokyo, with the Ghibli
+museum, teamLab and Ueno zoo. A 14-day rail pass for four would cost about 1,900 dollars."""
+
+_SALES = """Quarterly revenue by region (thousands of dollars):
+region, Q1, Q2, Q3, Q4
+North, 1240, 1315, 1402, 1588
+South, 980, 1012, 995, 1104
+East, 1530, 1498, 1621, 1710
+West, 860, 915, 1003, 1122
+Online, 2210, 2480, 2705, 3190
+Returns were 3.1% of revenue in Q1, 2.8% in Q2, 3.4% in Q3 and 4.2% in Q4. Marketing spend was
+410, 395, 450 and 620 in the four quarters. Headcount in sales grew from 48 to 57 people.
+Using this table, compute the growth rate of each region from Q1 to Q4, the share of online
+revenue in each quarter, and revenue per sales employee at the start and end of the year.
+Then estimate whether the Q4 jump in online revenue is explained by the extra marketing spend,
+taking into account the higher return rate, and say which region should get more budget next
+year. Show the calculations step by step and give the final figures in a small table."""
 
 
 def _user(text: str) -> dict:
@@ -57,30 +164,27 @@ def _user(text: str) -> dict:
 
 
 def typical_requests() -> list[dict]:
-    """A mix of ~500-token requests a product would send."""
-    system = {"role": "system", "content": "You are a concise, friendly assistant for Acme Corp. " * 6}
+    """A mix of ~500-token requests a product would send: single-turn and a few-turn chat."""
+    system = {"role": "system", "content": "You are Acme's support assistant. Answer politely and briefly, cite the "
+                                           "policy section you rely on, and never promise refunds the policy does not allow."}
     return [
-        {"model": "auto", "messages": [system, _user(_POLICY_TEXT * 6 + "\nCan I return an opened item?")]},
-        {"model": "auto", "messages": [system, _user("Summarize the following article in three bullet points.\n\n" + _ARTICLE * 6)]},
-        {"model": "auto", "messages": [_user("Review this code for bugs and edge cases, then refactor it and explain the "
-                                             "trade-offs step by step.\n" + _CODE * 4 + "It fails on empty input and "
-                                             "on intervals given as tuples. " * 6)],
+        {"model": "auto", "messages": [system, _user(_POLICY)]},
+        {"model": "auto", "messages": [_user("Summarize this article in three bullet points for a newsletter.\n\n" + _ARTICLE)]},
+        {"model": "auto", "messages": [_user("Review this module for bugs and edge cases, then refactor merge_intervals and "
+                                             "explain the trade-offs step by step.\n" + _CODE)],
          "tools": [{"type": "function", "function": {"name": "run_tests", "description": "Run the unit tests",
                                                      "parameters": {"type": "object", "properties": {}}}}]},
-        {"model": "auto", "messages": [_user("Extract every person, organisation and date from this text as JSON.\n\n" + _ARTICLE * 8)],
+        {"model": "auto", "messages": [_user("Extract every person, organisation and date from these notes as JSON.\n\n" + _MEETING)],
          "response_format": {"type": "json_object"}},
         {"model": "auto", "stream": True, "messages": [
-            system,
-            _user("I'm planning a two-week trip to Japan in April. " + _ARTICLE * 3),
-            {"role": "assistant", "content": "Here is a draft itinerary: Tokyo for four days, then Kyoto and Osaka. " * 12},
-            _user("That's wrong, I said I want to avoid big cities. Try again and plan it day by day with a budget in "
-                  "dollars; compare trains versus renting a car."),
+            {"role": "system", "content": "You are a travel planner."},
+            _user(_TRIP),
+            {"role": "assistant", "content": _ITINERARY},
+            _user("That's not what I asked: we wanted to avoid big crowds, and Universal Studios and teamLab are the "
+                  "busiest places in the country. Try again, plan it day by day, and compare the cost of a rental car "
+                  "with the rail pass for the countryside part."),
         ]},
-        {"model": "auto", "messages": [
-            _user("A store sells pencils at 3 for $1.20 and pens at $2.50 each. " * 20
-                  + "If Maria buys 12 pencils and 4 pens and pays with a $20 bill, how much change does she get? "
-                    "Show your work step by step."),
-        ]},
+        {"model": "auto", "messages": [_user(_SALES)]},
     ]
 
 

@@ -41,6 +41,7 @@ import json
 import math
 import re
 import string
+from bisect import bisect_left, bisect_right
 from itertools import compress
 from operator import itemgetter
 from dataclasses import dataclass, field
@@ -137,7 +138,7 @@ class HintError(ValueError):
 BASE_SIGNALS = (
     "tokens_current", "tokens_context", "tokens_system", "tokens_total", "turns",
     "assistant_turns", "tool_results", "revision", "tools", "json_schema", "json_object",
-    "vision", "max_tokens", "questions", "numbers", "short_question",
+    "vision", "max_tokens", "questions", "numbers", "short_question", "numeric_question",
 )
 
 _FOLD = string.punctuation.encode() + b"\t\n\r\x0b\x0c"
@@ -226,8 +227,11 @@ class ClassifierRules:
     head_chars: int
     tail_chars: int
     context_weight: float
+    focus_chars: int
+    material_weight: float
     exact_bands: tuple[tuple[float, float, int], ...]  # (low, high, window size), rising
     short_max_tokens: int
+    numeric_max_tokens: int
     question_words: frozenset[bytes]
     markers: _Markers
     slot_names: tuple[str, ...]  # keyword accumulators: intents, then kw groups, then risk groups
@@ -422,9 +426,12 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
         head_chars=raw["scan"]["head_chars"],
         tail_chars=raw["scan"]["tail_chars"],
         context_weight=float(raw["scan"]["context_weight"]),
+        focus_chars=raw["scan"]["focus_chars"],
+        material_weight=float(raw["scan"]["material_weight"]),
         exact_bands=tuple(sorted((n * (1 - raw["tokens"]["exact_count_margin"]), n * (1 + raw["tokens"]["exact_count_margin"]), n)
                                  for n in raw["tokens"]["exact_count_near"])),
         short_max_tokens=sq["max_tokens"],
+        numeric_max_tokens=sq["numeric_max_tokens"],
         question_words=frozenset(_term_key(w, f"short_question.question_words[{i}]") for i, w in enumerate(sq["question_words"])),
         markers=markers,
         slot_names=slot_names,
@@ -498,6 +505,7 @@ _CACHE_MAX_CHARS = 8192  # bounds the cache to ~2048 x 8 KB of text
 
 _Entries = tuple[tuple[int, float], ...]
 _FIRST = itemgetter(0)
+_THIRD = itemgetter(2)
 
 
 class _Scan(NamedTuple):
@@ -506,7 +514,8 @@ class _Scan(NamedTuple):
     tokens: int
     digits: int
     has_run: bool  # holds a digit run as long as the shortest a PII detector needs
-    hits: Mapping[bytes, _Entries]  # keyword key -> (slot, weight) pairs
+    hits: Mapping[bytes, _Entries]  # " term " -> (slot, weight) pairs, in the instruction zones
+    material: Mapping[bytes, _Entries]  # terms found only between the instruction zones
     first_word: bytes
     numbers: int
     questions: int
@@ -531,28 +540,52 @@ def _content_text(content: Any) -> tuple[str, bool]:
     return "\n".join(texts), image
 
 
-def _keyword_hits(low: bytes, rules: ClassifierRules) -> tuple[dict[bytes, _Entries], bytes]:
-    """Terms found in `low` (lower-cased, starting with a newline): " term " -> its entries.
+def _find_terms(segment: bytes, rules: ClassifierRules) -> set[int]:
+    """Indexes of the terms found in a normalized segment (spaces at both ends), without
+    the automaton: words by set intersection, phrases by their anchor word."""
+    order = rules.term_order
+    found: set[int] = set()
+    for word in rules.vocabulary.intersection(segment.split()):
+        term = rules.single_terms.get(word)
+        if term is not None:
+            found.add(order[term])
+        for term in rules.phrase_terms.get(word, ()):
+            if term in segment:
+                found.add(order[term])
+    return found
+
+
+def _keyword_hits(low: bytes, rules: ClassifierRules) -> tuple[dict[bytes, _Entries], dict[bytes, _Entries], bytes]:
+    """Terms found in `low` (lower-cased, starting with a newline), as " term " -> entries:
+    those in the instruction zones (the first and last scan.focus_chars) and those only in
+    the material between them.
 
     A term matches whole words: punctuation counts as a space, and the words of a phrase
     must be separated by a single space or punctuation mark.
     """
     padded = low.translate(_NORMALIZE) + b" "
-    entries = rules.term_entries
+    focus = rules.focus_chars
+    split = len(padded) > 3 * focus
     if rules.automaton is not None:
-        # sorted, so weights add up in one order whatever the hash seed (a tie stays a tie)
-        found = sorted(set(map(_FIRST, rules.automaton.find_matches_as_indexes(padded, overlapping=True))))
-        return dict(map(rules.term_items.__getitem__, found)), padded
-    found: set[bytes] = set()
-    for word in rules.vocabulary.intersection(padded.split()):
-        term = rules.single_terms.get(word)
-        if term is not None:
-            found.add(term)
-        for term in rules.phrase_terms.get(word, ()):
-            if term in padded:
-                found.add(term)
-    order = rules.term_order
-    return {term: entries[term] for term in sorted(found, key=order.__getitem__)}, padded
+        matches = rules.automaton.find_matches_as_indexes(padded, overlapping=True)
+        if split:  # matches come in the order of their ends: cut the list at the zone edges
+            ends = list(map(_THIRD, matches))
+            head, tail = bisect_right(ends, focus), bisect_left(ends, len(padded) - focus)
+            found = set(map(_FIRST, matches[:head])) | set(map(_FIRST, matches[tail:]))
+            material = set(map(_FIRST, matches[head:tail])) - found
+        else:
+            found, material = set(map(_FIRST, matches)), set()
+    elif split:  # cut at spaces, each segment keeping the space at its edges
+        head_end = max(padded.rfind(b" ", 0, focus), 0)
+        tail_start = padded.find(b" ", len(padded) - focus)
+        found = _find_terms(padded[: head_end + 1], rules) | _find_terms(padded[tail_start:], rules)
+        material = _find_terms(padded[head_end : tail_start + 1], rules) - found
+    else:
+        found, material = _find_terms(padded, rules), set()
+    items = rules.term_items
+    # sorted, so weights add up in one order whatever the hash seed (a tie stays a tie)
+    return (dict(map(items.__getitem__, sorted(found))),
+            dict(map(items.__getitem__, sorted(material))) if material else {}, padded)
 
 
 def _count_markers(scan: bytes, markers: _Markers) -> tuple[int, ...]:
@@ -576,16 +609,16 @@ def _scan(text: str, rules: ClassifierRules, read_words: bool) -> _Scan:
     # translate and a substring test, and only on text with that many digits at all
     has_run = digits >= rules.digit_run_min_digits and rules.digit_run_needle in raw.translate(rules.digit_run_probe)
     if not read_words or not text:
-        return _Scan(tokens, digits, has_run, {}, b"", 0, 0, rules.markers.zero)
+        return _Scan(tokens, digits, has_run, {}, {}, b"", 0, 0, rules.markers.zero)
     ascii_only = len(raw) == len(text)
     if len(text) > rules.head_chars + rules.tail_chars:
         # Instructions sit at the start or the end of a long prompt; the middle is usually
         # pasted material, which keyword and marker signals need not read.
         raw = (text[: rules.head_chars] + "\n" + text[len(text) - rules.tail_chars :]).encode("utf-8")
     low = b"\n" + _lower_bytes(raw, ascii_only)
-    hits, norm = _keyword_hits(low, rules)
+    hits, material, norm = _keyword_hits(low, rules)
     first = norm.split(None, 1)
-    return _Scan(tokens, digits, has_run, hits, first[0] if first else b"", numbers,
+    return _Scan(tokens, digits, has_run, hits, material, first[0] if first else b"", numbers,
                  low.count(b"?"), _count_markers(low, rules.markers))
 
 
@@ -816,22 +849,31 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
             tokens_context += scan.tokens
         if read_words and scan.hits:
             context_hits.update(scan.hits)
+            if scan.material:
+                context_hits.update(scan.material)
         if read_words and any(scan.markers):
             markers = [a + b for a, b in zip(markers, scan.markers)]
     tokens_current = current.tokens
     tokens_total = _REPLY_PRIMING + _PER_MESSAGE * len(texts) + tokens_current + tokens_system + tokens_context
 
-    # Keywords: the last user message counts fully, its context at context_weight; a term
-    # found in both counts once.
+    # Keywords: the instruction zones of the last user message count fully, the material
+    # between them at material_weight, the context at context_weight; a term counts once,
+    # where it weighs the most.
     slots = [0.0] * rules.slot_count
     for entry in hits.values():
         for slot, weight in entry:
             slots[slot] += weight
     revision_score = slots[rules.revision_slot]
+    material = current.material
+    if material:
+        mw = rules.material_weight
+        for entry in material.values():
+            for slot, weight in entry:
+                slots[slot] += mw * weight
     if context_hits:
         cw = rules.context_weight
         for key, entry in context_hits.items():
-            if key not in hits:
+            if key not in hits and key not in material:
                 for slot, weight in entry:
                     slots[slot] += cw * weight
 
@@ -851,6 +893,7 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
         tool_results, 1 if answered_before and revision_score >= rules.revision_min else 0,
         len(tools), rf_type == "json_schema", rf_type == "json_object", vision, requested or 0,
         questions, current.numbers, short_question,
+        questions > 0 and current.numbers > 1 and tokens_current <= rules.numeric_max_tokens,
     ]
     values += slots[rules.kw_slot_offset : rules.risk_slot_offset]
     values += markers
@@ -873,7 +916,8 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
         best_score = scores[best_index]
         if best_score >= rules.intent_min_score:
             intent = rules.intents[best_index]
-            later["intent"] = functools.partial(_intent_reason, rules, best_index, best_score, hits, context_hits, values)
+            later["intent"] = functools.partial(_intent_reason, rules, best_index, best_score, hits,
+                                                {**material, **context_hits}, values)
         else:
             intent = rules.default_intent
             later["intent"] = functools.partial(_default_intent_reason, rules, best_index, best_score)
