@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
 import pytest
 
 from gateway.health import BreakerBoard, BreakerSettings
 from gateway.providers.errors import ErrorKind
 from gateway.state import STATE
 from tests.servers import Running, start_gateway, start_simulator
-from tests.test_chaos import PRIMARY, Attempt, chat, gateway_config, key, request, route_plan
+from tests.test_chaos import PRIMARY, Attempt, chat, clear_faults, gateway_config, key, queue_fault, request, route_plan
 
 A, B = "openai/gpt-4.1-mini", "anthropic/claude-haiku-4-5"
 
@@ -178,12 +177,6 @@ def test_remote_states_are_adopted_without_echo() -> None:
 # --------------------------------------------------------------------------- end to end
 
 
-async def _control(sim: Running, method: str, payload: dict[str, Any] | None = None) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.request(method, sim.url + "/_sim/faults", json=payload) as response:
-            assert response.status in (200, 201), await response.text()
-
-
 def _breaker_rejected(plan: dict[str, Any], model: str) -> bool:
     return any(r["model"] == model and r["reason"] == "breaker_open" for r in plan["rejected"])
 
@@ -196,7 +189,7 @@ async def test_sustained_outage_opens_the_breaker_and_recovers_after_a_probe(sim
     claude = PRIMARY["anthropic"]
     pinned = request(claude, "tell me about otters")
     try:
-        await _control(sim, "POST", {"fault": "status=500", "model": claude, "count": -1})
+        await queue_fault(sim, "status=500", claude, count=-1)
         # Two requests, each a try and a retry on claude before failing over: 4 failures.
         for _ in range(2):
             reply = await chat(gw, pinned)
@@ -227,7 +220,7 @@ async def test_sustained_outage_opens_the_breaker_and_recovers_after_a_probe(sim
         assert _breaker_rejected(await route_plan(gw, pinned), claude), "a failed probe doubles the open time"
 
         # The provider recovers: after the open period the next request is the probe; it closes.
-        await _control(sim, "DELETE")
+        await clear_faults(sim)
         await asyncio.sleep(open_s + 0.1)
         reply = await chat(gw, pinned)
         assert reply.status == 200

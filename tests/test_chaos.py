@@ -192,6 +192,20 @@ def assert_clean_stream(reply: Reply, expected_text: str) -> None:
     assert reply.finish_reason == "stop"
 
 
+async def queue_fault(sim: Running, spec: str, model: str | None = None, count: int = 1) -> None:
+    """Through the simulator's control API: the next `count` requests (-1: all) get the fault."""
+    async with aiohttp.ClientSession() as session:
+        payload = {"fault": spec, "model": model, "count": count}
+        async with session.post(sim.url + "/_sim/faults", json=payload) as response:
+            assert response.status == 201, await response.text()
+
+
+async def clear_faults(sim: Running) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.delete(sim.url + "/_sim/faults") as response:
+            assert response.status == 200
+
+
 async def decision(gw: Running, reply: Reply) -> dict[str, Any]:
     """The decision-log record of one request (the log is written by a background thread)."""
     assert gw.folder is not None
