@@ -108,7 +108,7 @@ class Forwarder:
             adapter = self.adapter(deployment)
             request = adapter.build_request(body, deployment, stream=False)
             response = await self._client.open(request, self._timeouts, _remaining(deadline))
-            data = await self._client.read_body(response, _remaining(deadline))
+            data = await self._client.read_body(response, _remaining(deadline), self._timeouts.idle_s)
             if response.status >= 300:
                 raise adapter.map_error(response.status, response.headers, data)
             return adapter.parse_response(data, deployment)
@@ -320,7 +320,7 @@ class UpstreamStream:
         request = adapter.build_request(body or self._upstream_body, deployment, stream=True)
         response = await client.open(request, self._forwarder._timeouts, _remaining(self._deadline))
         if response.status >= 300:
-            data = await client.read_body(response, _remaining(self._deadline))
+            data = await client.read_body(response, _remaining(self._deadline), self._forwarder._timeouts.idle_s)
             raise adapter.map_error(response.status, response.headers, data)
         self._translator = adapter.stream_translator(deployment, body or self._upstream_body)
         self._decoder = SSEDecoder()

@@ -50,16 +50,35 @@ class UpstreamClient:
         except aiohttp.ClientError as exc:
             raise _connection_error(exc) from None
 
-    async def read_body(self, response: aiohttp.ClientResponse, budget_s: float) -> bytes:
+    async def read_body(self, response: aiohttp.ClientResponse, budget_s: float, idle_s: float | None = None) -> bytes:
+        """The whole body within the budget; a silence longer than idle_s is a timeout too.
+
+        Without the idle limit, a body that stalls after the headers would hold the
+        attempt until the request's deadline, leaving no time to fail over.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(budget_s, 0.001)
+        parts: list[bytes] = []
         try:
-            async with asyncio.timeout(max(budget_s, 0.001)):
-                return await response.read()
+            while True:
+                wait = deadline - loop.time()
+                if idle_s is not None:
+                    wait = min(wait, idle_s)
+                if wait <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(wait):
+                    chunk = await response.content.readany()
+                if not chunk:
+                    break
+                parts.append(chunk)
         except TimeoutError:
             response.close()
             raise UpstreamError(ErrorKind.TIMEOUT, "The upstream's response body did not arrive in time.") from None
         except aiohttp.ClientError as exc:
             response.close()
             raise _connection_error(exc) from None
+        response.release()  # the body is complete: the connection goes back to the pool
+        return b"".join(parts)
 
     async def iter_chunks(
         self, response: aiohttp.ClientResponse, idle_s: float, deadline: float
