@@ -308,6 +308,7 @@ class UpstreamStream:
         self.text: list[str] = []  # content of choice 0 sent so far
         self.finish_reason: str | None = None
         self._saw_tool_calls = False
+        self._trim_leading = False  # after a continuation whose prefill lost trailing whitespace
         self._stream_id: str | None = None
         self._pending: list[dict[str, Any]] = []
         self._translator: StreamTranslator | None = None
@@ -422,10 +423,13 @@ class UpstreamStream:
         failed = self.deployment
         rest = [d for d in self._deployments if d.key != failed.key] + [failed]
         partial = "".join(self.text)
-        messages = list(self._client_body["messages"]) + [
-            {"role": "system", "content": CONTINUATION_INSTRUCTION},
-            {"role": "assistant", "content": partial},
-        ]
+        # Anthropic rejects a final assistant turn that ends in whitespace. The client
+        # already has that whitespace, so the continuation's leading whitespace is dropped.
+        prefill = partial.rstrip()
+        self._trim_leading = len(prefill) < len(partial)
+        messages = list(self._client_body["messages"]) + [{"role": "system", "content": CONTINUATION_INSTRUCTION}]
+        if prefill:
+            messages.append({"role": "assistant", "content": prefill})
         body = {**self._upstream_body, "messages": messages}
 
         async def once(deployment: Deployment) -> None:
@@ -458,6 +462,9 @@ class UpstreamStream:
                 continue
             delta = choice.get("delta") or {}
             content = delta.get("content")
+            if content and self._trim_leading:
+                content = delta["content"] = content.lstrip()
+                self._trim_leading = not content
             if content:
                 self.text.append(content)
                 segment.text_chars += len(content)

@@ -17,12 +17,17 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
+import aiohttp
 import orjson
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
-from tests.servers import Running, start_gateway, start_simulator
+from gateway.simulate.respond import abort_connection
+from tests.servers import Running, start_app, start_gateway, start_simulator
 from tests.test_chaos import (
+    AUTH,
+    CHAT,
     PRIMARY,
     Attempt,
     assert_clean_stream,
@@ -36,6 +41,7 @@ from tests.test_chaos import (
     gateway_config,
     key,
     logged_attempts,
+    parse_attempts,
     queue_fault,
     request,
 )
@@ -208,3 +214,73 @@ async def test_a_stream_that_never_starts_anywhere_is_a_plain_http_error(gw: Run
     assert_error_body(reply.json["error"], "timeout")
     assert int(reply.headers["retry-after"]) >= 1
 
+
+
+class ScriptedOpenAI:
+    """An OpenAI-wire upstream: a first answer that breaks right after a paragraph end,
+    and a continuation that opens with the paragraph break again, as models do."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.bodies.append(body)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+
+        def chunk(delta: dict, finish: str | None = None) -> bytes:
+            payload = {"id": f"chatcmpl-{len(self.bodies)}", "object": "chat.completion.chunk", "created": 1,
+                       "model": body["model"], "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+        continuing = body["messages"][-1]["role"] == "assistant"
+        pieces = ["\n\nSecond", " paragraph."] if continuing else ["First", " paragraph.", "\n\n"]
+        for piece in [None, *pieces]:
+            await response.write(chunk({"role": "assistant", "content": ""} if piece is None else {"content": piece}))
+        if not continuing:
+            await abort_connection(request)
+            return response
+        await response.write(chunk({}, "stop") + b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+async def test_a_partial_answer_ending_in_whitespace_is_continued_cleanly(sim: Running) -> None:
+    """Anthropic rejects a final assistant turn ending in whitespace: the prefill is sent
+    without it, and the continuation's leading whitespace (already with the client) dropped."""
+    upstream = ScriptedOpenAI()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", upstream.handle)
+    scripted = await start_app(app)
+    gw = await start_gateway(sim.url, gateway_config(), OPENAI_BASE_URL=f"{scripted.url}/v1")
+    try:
+        reply = await chat(gw, request("gpt-4.1-mini", "two paragraphs please", stream=True),
+                           headers={"x-gateway-task": "extract"})
+    finally:
+        await gw.stop()
+        await scripted.stop()
+    assert_clean_stream(reply, "First paragraph.\n\nSecond paragraph.")
+    assert len(upstream.bodies) == 2
+    assert upstream.bodies[1]["model"] == "gpt-4.1-nano"
+    assert upstream.bodies[1]["messages"][-1] == {"role": "assistant", "content": "First paragraph."}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the x-gateway-attempts header leaves before a continuation happens; api/chat.py must "
+    "repeat the final attempts in the stream (an SSE comment before [DONE] or the error event)",
+)
+async def test_a_continued_stream_tells_the_client_its_whole_attempt_path(sim: Running, gw: Running) -> None:
+    await queue_fault(sim, "cut_after=3", PRIMARY["openai"], count=1)
+    body = request(PRIMARY["openai"], "tell me about otters", stream=True)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(gw.url + CHAT, json=body, headers=AUTH) as response:
+            raw = await response.read()
+    comments = [line[len(b": x-gateway-attempts: "):] for line in raw.split(b"\n")
+                if line.startswith(b": x-gateway-attempts: ")]
+    assert len(comments) == 1
+    path = parse_attempts(comments[0].decode())
+    assert path[0] == Attempt(key("openai"), "ok")
+    assert path[-1].cont and path[-1].outcome == "ok"
+    assert raw.index(b": x-gateway-attempts: ") < raw.index(b"data: [DONE]")
