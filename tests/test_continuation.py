@@ -266,11 +266,6 @@ async def test_a_partial_answer_ending_in_whitespace_is_continued_cleanly(sim: R
     assert upstream.bodies[1]["messages"][-1] == {"role": "assistant", "content": "First paragraph."}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the x-gateway-attempts header leaves before a continuation happens; api/chat.py must "
-    "repeat the final attempts in the stream (an SSE comment before [DONE] or the error event)",
-)
 async def test_a_continued_stream_tells_the_client_its_whole_attempt_path(sim: Running, gw: Running) -> None:
     await queue_fault(sim, "cut_after=3", PRIMARY["openai"], count=1)
     body = request(PRIMARY["openai"], "tell me about otters", stream=True)

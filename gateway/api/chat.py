@@ -217,6 +217,7 @@ async def _respond_stream(request: web.Request, state: GatewayState, ex: Exchang
         _answered(ex, stream.deployment)
     response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **_headers(ex), "x-request-id": ex.request_id})
     await response.prepare(request)
+    attempts_in_headers = len(ex.attempts)
     if stream is None:
         static = ex.decision.plan.degradation.static
         assert static is not None
@@ -242,6 +243,7 @@ async def _respond_stream(request: web.Request, state: GatewayState, ex: Exchang
                 break
         else:
             ex.usage = _stream_usage(stream, ex)
+            await _attempts_trailer(response, ex, attempts_in_headers)
             if stream.client_wants_usage:
                 await response.write(_sse(stream.usage_chunk(ex.usage.as_openai())))
             await response.write(b"data: [DONE]\n\n")
@@ -249,6 +251,7 @@ async def _respond_stream(request: web.Request, state: GatewayState, ex: Exchang
         # Never a silent [DONE] on a truncated answer: the client sees an explicit error.
         ex.outcome = "stream_broken"
         ex.usage = _stream_usage(stream, ex)
+        await _attempts_trailer(response, ex, attempts_in_headers)
         await response.write(_sse(_client_error(broken.error, ex).body()))
     finally:
         if ex.usage is None:  # the client went away mid-stream: charge what was streamed
@@ -257,6 +260,14 @@ async def _respond_stream(request: web.Request, state: GatewayState, ex: Exchang
         ex.answered_by = stream.deployment  # the last segment's deployment, after a continuation
     await response.write_eof()
     return response
+
+
+async def _attempts_trailer(response: web.StreamResponse, ex: Exchange, already_sent: int) -> None:
+    """Attempts made after the headers left (mid-stream failover) go out as an SSE comment,
+    which clients ignore and people debugging with curl can read."""
+    if len(ex.attempts) > already_sent:
+        path = ",".join(a.header_token() for a in ex.attempts)
+        await response.write(f": x-gateway-attempts: {path}\n\n".encode())
 
 
 async def _stream_within_budget(state: GatewayState, ex: Exchange, stream: UpstreamStream) -> bool:
