@@ -201,12 +201,6 @@ async def test_fail_closed_refuses_promptly_while_redis_is_away_and_recovers(fai
                   f"answered again after {len(back)} tries")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/app.py _probe reads readiness from whether store.ping() raises, but "
-    "RedisQuotaStore.ping() catches the failure and returns False: /health/ready says quota 'ok' "
-    "while Redis is down (fail_open should say 'degraded', fail_closed 'unreachable' with 503)",
-)
 async def test_readiness_reports_the_store_state(folder: Path, simulator: ServerProcess) -> None:
     redis = RedisServer()
     redis.start()
@@ -242,3 +236,4 @@ async def test_readiness_reports_the_store_state(folder: Path, simulator: Server
         for gateway in gateways.values():
             gateway.stop()
         redis.close()
+
