@@ -1,16 +1,16 @@
-"""A real redis-server stopped and restarted under a real `gateway serve` process's traffic.
+"""A real redis-server stopped, hung and restarted under a real `gateway serve` process's traffic.
 
 fail_open: every request keeps being answered, marked `x-gateway-quota: degraded` while
 Redis is away, none waits long, and once Redis is back the spend of the outage is pushed
 to it (the admin API then shows all of it). fail_closed: a prompt 503 `quota_unavailable`
 with retry-after while Redis is away (stopped or hung), answers again once it is back.
-`/health/ready` reports the store's state throughout.
+`/health/ready` reports the store's state. And a reply lost between Redis and a replica
+(through a relay that cuts it) must not leave budget held for good.
 """
 
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ from tests.test_spend_exactness import (
     CHAT,
     Reply,
     ServerProcess,
+    admin,
     answer_cost,
     call,
     chat_body,
@@ -35,6 +36,7 @@ from tests.test_spend_exactness import (
     start_all,
     start_gateway_process,
     start_simulator_process,
+    worst_case_micros,
     write_policy,
 )
 
@@ -51,8 +53,8 @@ class Rig:
 
 
 @pytest.fixture(scope="module")
-def folder() -> Path:
-    return Path(tempfile.mkdtemp(prefix="quota-failures-"))
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("quota-failures")
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +131,7 @@ async def test_fail_open_serves_through_a_redis_restart_and_reconciles(fail_open
     # Every request was answered, and none hung on the missing store.
     assert {r.status for r in replies} == {200}, {(r.status, r.error_code) for r in replies}
     slowest = max(r.seconds for r in replies)
-    assert slowest < 2.0, slowest
+    assert slowest < HANG_BOUND_S, slowest
     before = [r for r in replies if r.started + r.seconds < marks["stopping"]]
     outage = [r for r in replies if r.started > marks["down"] and r.started + r.seconds < marks["starting"]]
     recovered = [r for r in replies if r.started > marks["up"] and not degraded(r)]
@@ -193,7 +195,7 @@ async def test_fail_closed_refuses_promptly_while_redis_is_away_and_recovers(fai
             assert all(r.status == 503 and r.error_code == "quota_unavailable" for r in refused), (outage, {(r.status, r.error_code) for r in refused})
             assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
             slowest = max(r.seconds for r in refused)
-            assert slowest < 2.0, (outage, slowest)
+            assert slowest < HANG_BOUND_S, (outage, slowest)
             assert admin_call.status == 503 and admin_call.error_code == "quota_unavailable"
             assert back and back[-1].status == 200, (outage, [(r.status, r.error_code) for r in back])
             assert all(r.status in (200, 503) for r in back)
@@ -237,3 +239,121 @@ async def test_readiness_reports_the_store_state(folder: Path, simulator: Server
             gateway.stop()
         redis.close()
 
+
+
+class LossyRedisProxy:
+    """A loopback TCP relay in front of Redis that can lose one reply: the command reaches
+    Redis and runs, then the client's connection is cut before the reply gets back (as a
+    reset link or a proxy in between would do)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.lost = 0
+        self._marker: bytes | None = None
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._relays: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    def lose_reply_to(self, marker: bytes) -> None:
+        """The next command containing `marker` runs in Redis; its reply never arrives."""
+        self._marker = marker
+
+    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._relays.add(task)
+        task.add_done_callback(self._relays.discard)
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers |= {client_writer, server_writer}
+        cut = asyncio.Event()
+
+        async def upstream() -> None:
+            while data := await client_reader.read(65536):
+                if self._marker is not None and self._marker in data:
+                    self._marker = None
+                    cut.set()
+                server_writer.write(data)
+                await server_writer.drain()
+
+        async def downstream() -> None:
+            while data := await server_reader.read(65536):
+                if cut.is_set():  # the reply to the marked command: drop it and the connection
+                    self.lost += 1
+                    client_writer.transport.abort()
+                    return
+                client_writer.write(data)
+                await client_writer.drain()
+
+        try:
+            await asyncio.gather(upstream(), downstream(), return_exceptions=True)
+        finally:
+            for writer in (client_writer, server_writer):
+                writer.transport.abort()
+                self._writers.discard(writer)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        relays = list(self._relays)
+        for relay in relays:
+            relay.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
+
+
+LOSSY_TTL_S = 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway/quota/redis_store.py make_client retries a command once on a connection error "
+    "(f380b46), but admit.lua is not idempotent: an admission whose reply was lost after it ran is "
+    "run again under the same reservation id, reserving twice; the settle gives back one, and the "
+    "other stays in the caps' 'reserved' counters for good (no queued reservation is left to sweep)",
+)
+async def test_a_lost_admission_reply_holds_no_budget_for_good(folder: Path, simulator: ServerProcess) -> None:
+    redis = RedisServer()
+    redis.start()
+    proxy = LossyRedisProxy(redis.port)
+    await proxy.start()
+    policy = write_policy(folder, "lossy", failure_mode="fail_closed", reservation_ttl_s=LOSSY_TTL_S)
+    gateway = start_gateway_process(policy, simulator.url, proxy.url, folder, "lossy")
+    scope, window = "tenant:lossy", "rolling:3600"
+    try:
+        await asyncio.to_thread(start_all, [gateway])  # the proxy runs on this loop: keep it free
+        worst = await worst_case_micros(gateway, "lossy", chat_body())
+        await admin(gateway, "PUT", "/admin/caps", {"scope": scope, "window": window, "limit_usd": 100 * worst / 1_000_000})
+        async with client_session(timeout_s=10) as session:
+            # one admission first, so Redis has the script and the next one really runs
+            warm = await call(session, "POST", gateway.url + CHAT, key_of("lossy"), chat_body())
+            assert warm.status == 200
+            proxy.lose_reply_to(b'"rs":')  # only an admission's payload carries the request scopes
+            reply = await call(session, "POST", gateway.url + CHAT, key_of("lossy"), chat_body())
+        assert proxy.lost == 1
+        # Either answer is fine (a 503 quota_unavailable, or a 200 after a safe retry) ...
+        assert reply.status in (200, 503), (reply.status, reply.body)
+        charged = answer_cost(warm) + (answer_cost(reply) if reply.status == 200 else 0)
+        # ... but once it is over and the reservation TTL has passed, nothing may stay held.
+        status: dict[str, Any] = {}
+        deadline = time.monotonic() + LOSSY_TTL_S + 3
+        while time.monotonic() < deadline:
+            status = await spend(gateway, scope, window)
+            if status["reserved_usd"] == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert micros(status["reserved_usd"]) == 0, (reply.status, status, worst)
+        assert micros(status["spent_usd"]) == charged
+        assert micros(status["remaining_usd"]) == 100 * worst - charged
+    finally:
+        gateway.stop()
+        await proxy.close()
+        redis.close()

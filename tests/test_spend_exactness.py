@@ -24,7 +24,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -44,7 +43,7 @@ BASE_POLICY = POLICIES / "quota-shared.yaml"
 ADMIN_KEY = "admin-secret-quota-tests"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 # One client key per tenant: "sk-<tenant>" belongs to tenant "<tenant>".
-TENANTS = ("cap", "share", "rpm", "kill", "admin", "outage", "closed")
+TENANTS = ("cap", "share", "rpm", "kill", "admin", "outage", "closed", "lossy")
 CHAT = "/v1/chat/completions"
 MODEL = "gpt-4.1"  # the default route's only model: a pinned request's worst case is exact
 MAX_TOKENS = 12  # below the simulator's natural answer (16 words): every answer uses all of it
@@ -318,8 +317,8 @@ BURST_REDIS_TIMEOUT_S = 2.0
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    folder = Path(tempfile.mkdtemp(prefix="quota-exact-"))
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    folder = tmp_path_factory.mktemp("quota-exact")
     redis = RedisServer()
     redis.start()
     simulator = start_simulator_process(folder)
