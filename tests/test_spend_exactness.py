@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -304,7 +304,6 @@ class Cluster:
     gateways: list[ServerProcess]
     short_ttl: ServerProcess  # a fifth replica whose reservations live KILL_TTL_S
     folder: Path
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 KILL_TTL_S = 2
@@ -393,7 +392,8 @@ async def test_spend_cap_is_exact_across_four_processes(cluster: Cluster) -> Non
 
 async def test_premium_share_quota_is_exact_across_four_processes(cluster: Cluster) -> None:
     gateways, max_share = cluster.gateways, 0.2
-    await admin(gateways[0], "PUT", "/admin/share-quotas", {"scope": "tenant:share", "tier": "premium", "max_share": max_share, "window_s": 3600})
+    quota = {"scope": "tenant:share", "tier": "premium", "max_share": max_share, "window_s": 3600}
+    await admin(gateways[0], "PUT", "/admin/share-quotas", quota)
     body = chat_body(model="auto")
     async with client_session() as session:
         plan = (await call(session, "POST", gateways[2].url + "/v1/route", key_of("share"), body)).body["plan"]
