@@ -57,6 +57,15 @@ Holiday season
 Purchases made between November 1 and December 24 can be returned until January 31 of the
 following year, whatever the usual return window for the product.
 
+Warranty
+Appliances carry a two-year manufacturer warranty from the date of purchase. Within the first
+ninety days we handle warranty claims ourselves; after that, we pass your claim to the brand's
+service center and keep you informed. Keep your receipt or order confirmation as proof.
+
+Price adjustments
+If the price of an item drops within 14 days of your purchase, we refund the difference once
+per item on request. This does not apply to flash sales, bundles or marketplace sellers.
+
 Customer question: I bought a blender three weeks ago, used it twice and it leaks from the
 base. Can I still return it, and will I get my money back or store credit?"""
 
@@ -76,7 +85,16 @@ tax increase that voters approved last year and from bonds. Environmental groups
 plan but urged the city to electrify the new bus lines from the start instead of buying
 hybrid buses. The transit agency said it will publish a detailed schedule in the spring and
 begin utility relocation work on the airport segment in the autumn, pending final approval
-from the state transportation department."""
+from the state transportation department.
+
+In a separate vote, the council delayed a decision on parking fees near the new stations until
+the planning committee finishes a survey of commuters, expected in June. Council member Ruth
+Alvarez, who voted against the plan, said she supports better transit but not a budget that
+relies on optimistic ridership numbers; she asked the agency to publish its forecasts and the
+assumptions behind them. The agency's director replied that the forecasts will be reviewed by
+an independent panel from the state university before construction contracts are signed.
+Residents who want to follow the project can sign up for updates on the city website, where
+the full presentation and the recording of the hearing are also available."""
 
 _CODE = '''```python
 import json
@@ -113,7 +131,26 @@ def busiest_hour(timestamps):
     for ts in timestamps:
         counts[ts.hour] = counts.get(ts.hour, 0) + 1
     return max(counts, key=counts.get)
-```'''
+
+def chunked(items, size):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+def export_csv(orders, path):
+    with open(path, "w") as f:
+        f.write("id,total\\n")
+        for order in orders:
+            f.write(f"{order.id},{order.total}\\n")
+```
+The tests pass locally but the nightly job fails on an empty input file and on orders whose
+items list is missing; merge_intervals also seems to mutate its argument, which broke a
+caller that reuses the list. Please keep the public function names unchanged.'''
 
 _MEETING = """Notes from the vendor review on 14 March. Present: Dana Whitfield (procurement), Marcus
 Lee (engineering), Priya Natarajan (finance) and, from Northwind Logistics, their account
@@ -128,20 +165,36 @@ March. The group agreed to keep Northwind for the Nordic routes in any case, bec
 has no depot north of Hamburg. Action items: Marcus to share the incident timeline with
 Northwind, Priya to model a split contract, Dana to schedule a follow-up call with both
 vendors in the week of 25 March. Next review: 8 April, same participants, plus Elena Rossi
-from legal to go over the liability caps in the draft contract."""
+from legal to go over the liability caps in the draft contract.
+
+Follow-up, 16 March: Tom Berger confirmed by phone that Northwind can match the Skyline price
+for the Benelux lanes if we commit to a two-year term, and offered a service credit of five
+percent for any month with more than two delayed shipments. Priya Natarajan asked finance to
+check whether the credit can be booked against the Q2 budget. Marcus Lee circulated the
+incident timeline to the engineering leads at Northwind, including their CTO, Anika Sorensen.
+Elena Rossi flagged that the draft contract still names the old Rotterdam address and that the
+governing law clause should be Dutch law rather than English law."""
 
 _TRIP = """We are a family of four (two kids, 9 and 12) planning two weeks in Japan in late April.
 We land in Osaka and fly home from Tokyo. The kids love animals, trains and anything hands-on;
 my partner wants gardens and quiet temples; I would like one or two nights in a ryokan with an
 onsen. We prefer to avoid very crowded places and long days of travel, and we'd rather rent
-a car for the countryside if that is cheaper than rail passes for four people."""
+a car for the countryside if that is cheaper than rail passes for four people. Our budget is
+about 9,000 dollars for everything except flights. The younger one gets carsick on winding
+roads, so long mountain drives are out, and we would like at least two slow days with nothing
+planned. We do not need luxury hotels; family rooms or apartments are fine, and we can handle
+public transport with luggage if the transfers are simple."""
 
 _ITINERARY = """Here is a draft itinerary. Days 1-3: Osaka, with the aquarium, Universal Studios and
 a day trip to Nara to see the deer park and Todai-ji. Days 4-6: Kyoto, staying near Gion, with
 Fushimi Inari early in the morning, the Arashiyama bamboo grove and a cooking class. Day 7:
 train to Hiroshima and Miyajima. Days 8-9: Himeji castle and Kobe. Days 10-12: Hakone, with a
 ryokan night, the open-air museum and a boat on Lake Ashi. Days 13-14: Tokyo, with the Ghibli
-museum, teamLab and Ueno zoo. A 14-day rail pass for four would cost about 1,900 dollars."""
+museum, teamLab and Ueno zoo. A 14-day rail pass for four would cost about 1,900 dollars.
+For accommodation I suggest apartments in Osaka and Tokyo and a machiya townhouse in Kyoto,
+which sleep four comfortably and cost 150 to 250 dollars a night. Book the Ghibli museum a
+month ahead; tickets sell out within hours. Golden Week starts on April 29, so expect crowds
+and higher prices for the last days of the trip."""
 
 _SALES = """Quarterly revenue by region (thousands of dollars):
 region, Q1, Q2, Q3, Q4
@@ -151,7 +204,10 @@ East, 1530, 1498, 1621, 1710
 West, 860, 915, 1003, 1122
 Online, 2210, 2480, 2705, 3190
 Returns were 3.1% of revenue in Q1, 2.8% in Q2, 3.4% in Q3 and 4.2% in Q4. Marketing spend was
-410, 395, 450 and 620 in the four quarters. Headcount in sales grew from 48 to 57 people.
+410, 395, 450 and 620 in the four quarters. Headcount in sales grew from 48 to 57 people. Average order value moved from 84 to 91 dollars,
+and the number of active customers from 41,200 to 47,900. The online channel ran two campaigns
+in Q4: a holiday discount of 20% over three weeks and free shipping on orders above 50 dollars,
+which finance estimates cost 380 in margin. Gross margin was 38% in Q1 and 35% in Q4.
 Using this table, compute the growth rate of each region from Q1 to Q4, the share of online
 revenue in each quarter, and revenue per sales employee at the start and end of the year.
 Then estimate whether the Q4 jump in online revenue is explained by the extra marketing spend,

@@ -251,14 +251,14 @@ class ClassifierRules:
     # practice, so common words never trigger a substring search
     phrase_terms: Mapping[bytes, tuple[bytes, ...]]
     signal_names: tuple[str, ...]  # BASE_SIGNALS, kw.<group>..., marker.<name>...
-    signal_range: range
     intent_range: range
     intents: tuple[str, ...]
     intent_priors: Mapping[str, float]
     intent_signals: tuple[tuple[tuple[int, float], ...], ...]  # per intent: (signal index, weight)
     # per signal index: what a nonzero value feeds, so a request only visits its nonzero signals
     intents_by_signal: tuple[tuple[tuple[int, float], ...], ...]  # (intent index, weight)
-    features_by_signal: tuple[tuple[tuple[float, float, bool, float, str], ...], ...]  # cap, weight, log, denom, name
+    features_by_signal: tuple[tuple[tuple[float, float, bool, str], ...], ...]  # cap, weight/denominator, log, name
+    active_signals: tuple[int, ...]  # the signals that feed an intent or a feature
     intent_min_score: float
     default_intent: str
     kw_groups: tuple[str, ...]
@@ -267,10 +267,11 @@ class ClassifierRules:
     bias: float
     tier_bounds: tuple[tuple[str, float], ...]  # highest first
     detectors: tuple[_Detector, ...]
-    digit_run_table: bytes  # translate table: digits and separators kept, space -> "_", rest -> space
-    digit_run_probe: bytes  # translate table: digits and separators -> "0", rest -> space
-    digit_run_min_length: int  # the shortest run any detector needs
-    digit_run_needle: bytes  # "0" * digit_run_min_length
+    # A digit run: digits and separators, starting and ending with a digit. Found in the
+    # text's probe (a digit -> "0", a separator -> "1", anything else -> space), where the
+    # regex engine only stops at digits.
+    digit_run_probe: bytes
+    digit_run_regex: re.Pattern[bytes]  # runs at least as long as the shortest a detector needs
     digit_run_min_digits: int  # the fewest digits any run-needing detector needs
     risk_groups: tuple[tuple[str, int, int | None], ...]
     output_by_intent: Mapping[str, int]
@@ -402,9 +403,8 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
                                    spec.get("scope", "text") == "digit_runs", int(req.get("run", 0))))
         if detectors[-1].in_digit_runs and not detectors[-1].run:
             raise _bad(f"risk.detectors.{name}.requires.run", "a digit_runs detector needs a run length")
-    kept = set(b"0123456789") | set(raw["risk"]["digit_runs"]["separators"].encode())
-    space = 0x5F if 0x20 in kept else 0x20
-    run_table = bytes(space if b == 0x20 else b if b in kept else 0x20 for b in range(256))
+    separators = set(raw["risk"]["digit_runs"]["separators"].encode())
+    shortest_run = min((d.run for d in detectors if d.run), default=2)
     risk_groups = []
     for group, spec in raw["risk"]["keyword_groups"].items():
         with_pii = spec.get("with_pii")
@@ -448,14 +448,15 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
         single_terms=single,
         phrase_terms={k: tuple(v) for k, v in phrases.items()},
         signal_names=signal_names,
-        signal_range=range(len(signal_names)),
         intent_range=range(len(intents)),
         intents=intents,
         intent_priors={i: float(raw["intents"][i]["prior"]) for i in intents},
         intent_signals=tuple(intent_signals),
         intents_by_signal=tuple(tuple((i, w) for i, sigs in enumerate(intent_signals) for s, w in sigs if s == k)
                                 for k in range(len(signal_names))),
-        features_by_signal=tuple(tuple(f[1:] for f in features if f[0] == k) for k in range(len(signal_names))),
+        features_by_signal=tuple(tuple((cap, weight / denom, is_log, name) for i, cap, weight, is_log, denom, name in features if i == k)
+                                 for k in range(len(signal_names))),
+        active_signals=tuple(sorted({f[0] for f in features} | {i for sigs in intent_signals for i, _ in sigs})),
         intent_min_score=float(sel["min_score"]),
         default_intent=sel["default"],
         kw_groups=kw_groups,
@@ -464,10 +465,10 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
         bias=float(raw["complexity"]["bias"]),
         tier_bounds=tuple((t, float(tiers[t])) for t in reversed(TIERS[1:])),
         detectors=tuple(detectors),
-        digit_run_table=run_table,
-        digit_run_probe=bytes(0x30 if b in kept else 0x20 for b in range(256)),
-        digit_run_min_length=min((d.run for d in detectors if d.run), default=0),
-        digit_run_needle=b"0" * min((d.run for d in detectors if d.run), default=1),
+        digit_run_probe=bytes(0x30 if 0x30 <= b <= 0x39 else 0x31 if b in separators else 0x20 for b in range(256)),
+        # a run starts with two digits (cards, phones, IDs all do): the "00" prefix lets the
+        # regex engine jump between places where two digits meet
+        digit_run_regex=re.compile(b"00[01]{%d,}0" % max(shortest_run - 3, 0)),
         digit_run_min_digits=min((d.min_digits for d in detectors if d.run), default=1 << 30),
         risk_groups=tuple(risk_groups),
         output_by_intent=dict(out["by_intent"]),
@@ -605,9 +606,9 @@ def _count_markers(scan: bytes, markers: _Markers) -> tuple[int, ...]:
 def _scan(text: str, rules: ClassifierRules, read_words: bool) -> _Scan:
     raw = text.encode("utf-8")
     tokens, digits, numbers = estimate_encoded(raw, len(text))
-    # a run of digits and separators long enough for a card, phone or ID number: one
-    # translate and a substring test, and only on text with that many digits at all
-    has_run = digits >= rules.digit_run_min_digits and rules.digit_run_needle in raw.translate(rules.digit_run_probe)
+    # a run of digits and separators long enough for a card, phone or ID number? Asked
+    # only of text with that many digits at all
+    has_run = digits >= rules.digit_run_min_digits and rules.digit_run_regex.search(raw.translate(rules.digit_run_probe)) is not None
     if not read_words or not text:
         return _Scan(tokens, digits, has_run, {}, {}, b"", 0, 0, rules.markers.zero)
     ascii_only = len(raw) == len(text)
@@ -701,16 +702,17 @@ def _read_hints(body: Mapping[str, Any], headers: Mapping[str, str], rules: Clas
 # --- risk ------------------------------------------------------------------------------------
 
 def _digit_runs(text: str, rules: ClassifierRules) -> list[str]:
-    """Maximal runs of digits and separators, as long as the shortest run a detector needs.
-
-    A few C-level passes (translate, replace, split); the detectors' regexes then read a few
-    short strings instead of the whole text, where Python's re spends ~100 ns per digit.
-    """
-    # digits and separators kept, a space becomes "_", anything else a space; a lone "_"
-    # between two words is dropped before the split so it makes no list item
-    shortest = rules.digit_run_min_length
-    pieces = text.encode("utf-8").translate(rules.digit_run_table).replace(b" _ ", b"   ").split()
-    return [p.replace(b"_", b" ").strip().decode("ascii") for p in pieces if len(p) >= shortest]
+    """The digit runs of `text` long enough for a detector (see ClassifierRules), each with
+    the separator before it, if any: the "(" of "(415) 555-0132", the "+" of "+44 20 ..."."""
+    raw = text.encode("utf-8")
+    probe = raw.translate(rules.digit_run_probe)
+    runs = []
+    for m in rules.digit_run_regex.finditer(probe):
+        start = m.start()
+        if start and probe[start - 1] == 0x31:
+            start -= 1
+        runs.append(raw[start : m.end()].decode("ascii"))
+    return runs
 
 
 def _detect(det: _Detector, text: str) -> bool:
@@ -757,7 +759,7 @@ def _risk(texts: list[str], digits: int, has_run: bool, slots: list[float], hint
             level = max(level, det.level)
             why.append(f"{det.name} detected")
     offset = rules.risk_slot_offset
-    for k, (group, group_level, with_pii) in enumerate(rules.risk_groups):
+    for k, (group, group_level, with_pii) in enumerate(rules.risk_groups) if any(slots[offset:]) else ():
         if slots[offset + k]:
             if pii and with_pii is not None:
                 group_level = with_pii
@@ -784,9 +786,9 @@ def _default_intent_reason(rules: ClassifierRules, best_index: int, best_score: 
     return f"default (best {rules.intents[best_index]} scored {best_score:.1f})"
 
 
-def _tier_reason(score: float, contributions: list[tuple[float, float, str]]) -> str:
-    top = sorted(contributions, reverse=True)[:4]
-    return f"score {score:.2f}: " + ", ".join(f"{name} {c:+.2f}" for _, c, name in top)
+def _tier_reason(score: float, contributions: list[tuple[float, str]]) -> str:
+    top = sorted(contributions, key=lambda item: -abs(item[0]))[:4]
+    return f"score {score:.2f}: " + ", ".join(f"{name} {c:+.2f}" for c, name in top)
 
 
 def _positive_int(value: Any) -> int | None:
@@ -898,7 +900,8 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
     values += slots[rules.kw_slot_offset : rules.risk_slot_offset]
     values += markers
 
-    nonzero = [(index, values[index]) for index in compress(rules.signal_range, values)]
+    active = rules.active_signals
+    nonzero = [(index, values[index]) for index in compress(active, map(values.__getitem__, active))]
 
     # Intent: the best keyword + signal score, else the default (ties: the earlier intent).
     reasons: dict[str, str] = {}
@@ -925,14 +928,14 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
     # Complexity: a logistic score over weighted, capped signals.
     prior = rules.intent_priors.get(intent, 0.0)
     z = rules.bias + prior
-    contributions = [(abs(prior), prior, "intent " + intent)]
+    contributions = [(prior, "intent " + intent)]
     features_by_signal = rules.features_by_signal
+    log1p = math.log1p
     for index, value in nonzero:
-        for cap, weight, is_log, denom, name in features_by_signal[index]:
-            v = value if value < cap else cap
-            c = weight * (math.log1p(v) / denom if is_log else v / cap)
+        for cap, scale, is_log, name in features_by_signal[index]:
+            c = scale * (log1p(value if value < cap else cap) if is_log else (value if value < cap else cap))
             z += c
-            contributions.append((abs(c), c, name))
+            contributions.append((c, name))
     score = 1.0 / (1.0 + math.exp(-z))
     tier = TIERS[0]
     for name, bound in rules.tier_bounds:
