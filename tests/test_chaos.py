@@ -33,7 +33,7 @@ from multidict import CIMultiDict
 from gateway.simulate.faults import strip_directives
 from gateway.state import STATE
 from gateway.simulate.text import reply_words
-from tests.servers import CLIENT_KEY, Running, read_sse, start_gateway, start_simulator
+from tests.servers import CLIENT_KEY, Running, start_gateway, start_simulator
 
 CHAT = "/v1/chat/completions"
 POLICY = Path(__file__).parent / "policies" / "chaos.yaml"
@@ -42,11 +42,12 @@ AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 PRIMARY = {"openai": "gpt-4.1-mini", "anthropic": "claude-haiku-4-5", "gemini": "gemini-3.5-flash-lite"}
 PROVIDER_ENV = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL", "gemini": "GEMINI_BASE_URL"}
 # Short upstream timeouts keep timeout cells fast: an attempt that gets no headers ends
-# after connect + first byte = 0.35 s; a stream silent for 0.25 s is stalled.
-TIMEOUTS = {"connect_timeout_s": 0.1, "first_byte_timeout_s": 0.25, "idle_timeout_s": 0.25}
+# after connect + first byte = 0.4 s; a stream silent for 0.3 s is stalled.
+TIMEOUTS = {"connect_timeout_s": 0.1, "first_byte_timeout_s": 0.3, "idle_timeout_s": 0.3}
 BUDGET_MS = 1500
 DEADLINE_MARGIN_S = 0.6  # event-loop and client overhead on a busy 2-core machine
 ANSWER_WORDS = 16  # the simulator's default answer length, one word per stream chunk
+TRAILER = b": x-gateway-attempts: "
 _ATTEMPT = re.compile(r"^(?P<provider>[a-z0-9-]+)/(?P<model>[^:]+):(?P<outcome>[a-z_]+)(?P<cont>\+cont)?:(?P<ms>\d+)ms$")
 
 
@@ -90,10 +91,16 @@ class Reply:
     elapsed: float
     json: Any = None  # the body of a JSON response (an answer or an error)
     events: list[bytes] = field(default_factory=list)  # data payloads of an SSE response
+    trailer: str | None = None  # the `: x-gateway-attempts:` comment of a continued stream
 
     @property
     def attempts(self) -> list[Attempt]:
         return parse_attempts(self.headers["x-gateway-attempts"])
+
+    @property
+    def final_attempts(self) -> list[Attempt]:
+        """The whole path: a stream that failed over mid-answer repeats it at its end."""
+        return parse_attempts(self.trailer) if self.trailer is not None else self.attempts
 
     @property
     def chunks(self) -> list[dict[str, Any]]:
@@ -135,11 +142,26 @@ async def chat(
         async with session.post(gw.url + CHAT, json=body, headers=sent) as response:
             reply = Reply(response.status, CIMultiDict(response.headers), 0.0)
             if response.content_type == "text/event-stream":
-                reply.events = await read_sse(response)
+                reply.events, reply.trailer = parse_sse(await response.read())
             else:
                 reply.json = orjson.loads(await response.read())
     reply.elapsed = time.perf_counter() - started
     return reply
+
+
+def parse_sse(raw: bytes) -> tuple[list[bytes], str | None]:
+    """-> (the data payloads, the attempts comment if there is one, asserting it is alone)."""
+    events: list[bytes] = []
+    trailers: list[str] = []
+    for block in raw.split(b"\n\n"):
+        for line in block.split(b"\n"):
+            if line.startswith(b"data: "):
+                events.append(line[6:])
+            elif line.startswith(TRAILER):
+                trailers.append(line[len(TRAILER):].decode())
+                assert not any(e == b"[DONE]" or b'"error"' in e for e in events), "the path comes before the end"
+    assert len(trailers) <= 1, trailers
+    return events, (trailers[0] if trailers else None)
 
 
 async def route_plan(gw: Running, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
@@ -324,16 +346,18 @@ async def test_primary_fault_fails_over_to_the_next_provider(chaos_gw: Running, 
 
     if stream and fault.midstream:
         # Bytes reached the client before the break: the headers could only tell the
-        # start; the decision log has the whole path, and the client ONE stitched answer.
+        # start; the stream repeats the whole path before [DONE], the decision log has it
+        # too, and the client gets ONE stitched answer.
         assert reply.attempts == [Attempt(key(api), "ok")]
         assert "x-gateway-degraded" not in reply.headers
         assert_clean_stream(reply, full_answer(prompt))
-        record = await decision(chaos_gw, reply)
-        assert logged_attempts(record) == [
+        path = [
             Attempt(key(api), "ok"),
             Attempt(key(api), fault.primary_outcomes(api)[0], cont=True),
             Attempt(fallback, "ok", cont=True),
         ]
+        assert reply.final_attempts == path
+        assert logged_attempts(await decision(chaos_gw, reply)) == path
         return
 
     if stream and fault.name == "malformed":
@@ -341,8 +365,10 @@ async def test_primary_fault_fails_over_to_the_next_provider(chaos_gw: Running, 
         # read as that chunk (a failure before the first byte) or in the next one (a
         # continuation) is up to the kernel. Both must give one clean answer.
         assert_clean_stream(reply, full_answer(prompt))
-        assert reply.attempts[0].key == key(api)
-        assert reply.attempts[0].outcome in ("malformed_response", "ok")
+        path = reply.final_attempts
+        assert path[0].key == key(api) and path[0].outcome in ("malformed_response", "ok")
+        assert Attempt(key(api), "malformed_response", cont=path[0].outcome == "ok") in path
+        assert path[-1].outcome == "ok"
         return
 
     expected = [Attempt(key(api), outcome) for outcome in fault.primary_outcomes(api)] + [Attempt(fallback, "ok")]
@@ -351,6 +377,7 @@ async def test_primary_fault_fails_over_to_the_next_provider(chaos_gw: Running, 
     assert reply.headers["x-gateway-model"] == fallback.split("/")[1]
     if stream:
         assert_clean_stream(reply, full_answer(prompt))
+        assert reply.trailer is None  # nothing happened after the headers left
     else:
         assert reply.json["model"] == fallback.split("/")[1]
         assert reply.text == full_answer(prompt)
@@ -484,8 +511,8 @@ async def test_stream_cut_on_every_provider_is_still_one_answer(chaos_gw: Runnin
     reply = await chat(chaos_gw, request(PRIMARY["anthropic"], prompt, stream=True))
     assert_within_deadline(reply)
     assert_clean_stream(reply, full_answer(prompt))
-    record = await decision(chaos_gw, reply)
-    path = logged_attempts(record)
+    path = logged_attempts(await decision(chaos_gw, reply))
+    assert reply.final_attempts == path
     assert path[0] == Attempt(key("anthropic"), "ok")
     assert sum(1 for a in path if a.outcome == "ok" and a.cont) >= ANSWER_WORDS // 3 - 1
     assert all(a.cont for a in path[1:])

@@ -6,7 +6,9 @@ sent, a cut or a stall makes the gateway ask the next candidate to continue the 
 text, and splices that into the same stream: one id, one role delta, partial +
 continuation = the uninterrupted answer, one finish, [DONE]. Where continuing is
 impossible (tool calls, JSON output, nobody left, deadline) the stream ends with an
-explicit error event and never with a silent [DONE].
+explicit error event and never with a silent [DONE]. The x-gateway-attempts header left
+with the first byte, so a continued stream repeats the whole path, `+cont` included, in
+an SSE comment (`: x-gateway-attempts: ...`) before [DONE] or the error event.
 
 Faults here come through the simulator's control API with a count, or as model-scoped
 directives: a bare directive would also break the continuation request, which resends
@@ -95,6 +97,7 @@ async def test_a_failure_between_the_role_delta_and_the_first_word_is_invisible(
     assert reply.headers["x-gateway-degraded"] == "fallback"
     assert_clean_stream(reply, full_answer(prompt))
     assert not any(a.cont for a in logged_attempts(await decision(gw, reply)))
+    assert reply.trailer is None  # the headers told the whole story
 
 
 @pytest.mark.parametrize("api", APIS)
@@ -116,11 +119,9 @@ async def test_a_cut_mid_answer_continues_on_the_next_candidate(sim: Running, gw
     assert len(usage) == 1 and usage[0] is chunks[-1] and not usage[0]["choices"]
     assert usage[0]["usage"]["completion_tokens"] >= 12
     record = await decision(gw, reply)
-    assert logged_attempts(record) == [
-        Attempt(key(api), "ok"),
-        Attempt(key(api), "connection", cont=True),
-        Attempt(plan[1], "ok", cont=True),
-    ]
+    path = [Attempt(key(api), "ok"), Attempt(key(api), "connection", cont=True), Attempt(plan[1], "ok", cont=True)]
+    assert logged_attempts(record) == path
+    assert reply.final_attempts == path  # repeated in the stream, since the headers were gone
     assert record["chosen"] == plan[1]
 
 
@@ -142,6 +143,7 @@ async def test_a_stall_mid_answer_continues_within_the_deadline(gw: Running, api
     assert_clean_stream(reply, full_answer(prompt))
     path = logged_attempts(await decision(gw, reply))
     assert path[1] == Attempt(key(api), "timeout", cont=True)
+    assert reply.final_attempts == path
 
 
 @pytest.mark.parametrize("api", APIS)
@@ -160,6 +162,7 @@ async def test_a_cut_tool_call_stream_ends_with_an_error_event(sim: Running, gw:
     record = await decision(gw, reply)
     assert record["outcome"] == "stream_broken"
     assert logged_attempts(record) == [Attempt(key(api), "ok"), Attempt(key(api), "connection", cont=True)]
+    assert reply.final_attempts == logged_attempts(record)
 
 
 async def test_a_cut_json_output_stream_ends_with_an_error_event(sim: Running, gw: Running) -> None:
@@ -187,6 +190,7 @@ async def test_no_candidate_left_to_continue_ends_with_an_error_event(sim: Runni
     assert_error_body(reply.stream_error, "server_error")
     assert reply.text == " ".join(full_answer(prompt).split()[:3])
     path = logged_attempts(await decision(gw, reply))
+    assert reply.final_attempts == path
     assert path[:2] == [Attempt(key("openai"), "ok"), Attempt(key("openai"), "connection", cont=True)]
     # Every candidate was asked to continue (the one that broke last), each with one retry.
     tried = [a.key for a in path[2:]]
