@@ -317,13 +317,6 @@ class LossyRedisProxy:
 LOSSY_TTL_S = 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/quota/redis_store.py make_client retries a command once on a connection error "
-    "(f380b46), but admit.lua is not idempotent: an admission whose reply was lost after it ran is "
-    "run again under the same reservation id, reserving twice; the settle gives back one, and the "
-    "other stays in the caps' 'reserved' counters for good (no queued reservation is left to sweep)",
-)
 async def test_a_lost_admission_reply_holds_no_budget_for_good(folder: Path, simulator: ServerProcess) -> None:
     redis = RedisServer()
     redis.start()

@@ -36,6 +36,7 @@ import hashlib
 import logging
 import secrets
 import time
+import uuid
 from collections import deque
 from typing import Any, Awaitable, Callable, Literal, Sequence
 
@@ -44,6 +45,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import RedisError, ResponseError
 
 from .admission import decode_admission
@@ -81,6 +83,10 @@ FailureMode = Literal["fail_open", "fail_closed"]
 _REDIS_FAILURES = (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
 _LOCAL = "L:"  # reservation ids made by the fail_open fallback
 _MAX_QUEUED = 100_000
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, (TimeoutError, asyncio.TimeoutError, RedisTimeoutError))
 
 
 class ScriptFailed(QuotaUnavailable):
@@ -147,6 +153,9 @@ class RedisQuotaStore:
         self._caller = ScriptCaller(self.client, self.prefix + "cfgidx", self.prefix, timeout_s)
         self._down_until = 0.0
         self._needs_reconcile = False
+        self._reconcile_batch: tuple[str, int] | None = None  # (batch id, size) until Redis confirms it
+        self._timeouts_in_a_row = 0
+        self.timeouts_to_mark_down = 3
         self._outage = False
         self._last_snapshot = float("-inf")
         self._queued: deque[Settlement | str] = deque(maxlen=_MAX_QUEUED)
@@ -182,6 +191,7 @@ class RedisQuotaStore:
             raise ScriptFailed(f"quota script {name} failed: {exc}") from exc
         except _REDIS_FAILURES as exc:
             raise self._mark_down(exc) from exc
+        self._timeouts_in_a_row = 0
         if self._outage:
             self._outage = False
             log.warning("quota store: Redis answers again; reconciling local spend")
@@ -190,9 +200,18 @@ class RedisQuotaStore:
         return result
 
     def _mark_down(self, exc: BaseException) -> QuotaUnavailable:
+        """Count a failed call; take Redis out for `retry_interval_s` only when it is clearly away.
+
+        A refused or broken connection is clear at once. A timeout alone may be this
+        replica's own event-loop lag under a burst, not Redis: that call fails (degraded under
+        fail_open), but the store is only taken out after `timeouts_to_mark_down` in a row.
+        """
         self.redis_failures += 1
-        self._down_until = time.monotonic() + self.retry_interval_s
         self._needs_reconcile = True
+        self._timeouts_in_a_row = self._timeouts_in_a_row + 1 if _is_timeout(exc) else 0
+        if _is_timeout(exc) and self._timeouts_in_a_row < self.timeouts_to_mark_down:
+            return QuotaUnavailable(f"quota store call timed out: {exc!r}")
+        self._down_until = time.monotonic() + self.retry_interval_s
         if not self._outage:
             self._outage = True
             mode = "serving degraded from local counters" if self.failure_mode == "fail_open" else "refusing admissions"
@@ -225,10 +244,15 @@ class RedisQuotaStore:
             await self._run("load_static", self._pending_static)
             self._pending_static = None
         while journal:
-            batch = journal[:500]
-            await self._run("reconcile", {"items": batch})
-            del journal[: len(batch)]
-            pushed += len(batch)
+            # The batch keeps its id until Redis confirms it, so a call that ran but whose
+            # reply was lost is not charged twice when it is sent again.
+            if self._reconcile_batch is None:
+                self._reconcile_batch = (uuid.uuid4().hex, min(500, len(journal)))
+            batch_id, size = self._reconcile_batch
+            await self._run("reconcile", {"bid": batch_id, "items": journal[:size]})
+            del journal[:size]
+            self._reconcile_batch = None
+            pushed += size
         while self._queued:
             item = self._queued[0]
             try:

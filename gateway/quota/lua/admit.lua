@@ -5,6 +5,12 @@
 -- "rq": [limit, remaining, reset] for requests, "tk": the same for tokens}.
 
 local req = cjson.decode(ARGV[2])
+
+-- 0. idempotent: a retried call (its reply lost on the way back) gets the first decision
+-- again instead of reserving a second time under the same reservation id
+local earlier = redis.call('HGET', res_key(req.id), 'reply')
+if earlier then return earlier end
+
 local now = clock(req.now)
 local rs, cands, retention = req.rs, req.c, req.ret
 
@@ -171,10 +177,12 @@ local function commit(index, c, counters, passed)
   end
   local rec = { c = counters, z = zs, t = token_scopes, s = shares }
   local key = res_key(id)
+  local reply = cjson.encode({ a = 1, i = index, s = skipped, rq = creq, tk = ctok })
   redis.call('HSET', key, 'st', 'a', 'amt', I(cost), 'tok', I(tokens), 'dl', F(deadline), 'd', cjson.encode(rec),
-    'req', req.req)  -- the request id, for whoever investigates a held reservation
+    'req', req.req,  -- the request id, for whoever investigates a held reservation
+    'reply', reply)
   redis.call('PEXPIRE', key, I((req.ttl + retention) * 1000))
-  return cjson.encode({ a = 1, i = index, s = skipped, rq = creq, tk = ctok })
+  return reply
 end
 
 for i, c in ipairs(cands) do

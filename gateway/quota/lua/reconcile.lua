@@ -1,7 +1,9 @@
 -- reconcile: add spend that a fail_open replica charged locally while Redis was away.
--- ARGV[2] = {"now", "items": [[scope, window spec, bucket, micros], ...]}.
+-- ARGV[2] = {"now", "bid": batch id, "items": [[scope, window spec, bucket, micros], ...]}.
+-- A batch is applied once: a retry whose first reply was lost changes nothing.
 
 local req = cjson.decode(ARGV[2])
+if not redis.call('SET', PREFIX .. 'recon:' .. req.bid, 1, 'NX', 'EX', 86400) then return 0 end
 local now = clock(req.now)
 for _, item in ipairs(req.items) do
   local scope, spec, bucket, amount = item[1], item[2], item[3], item[4]
