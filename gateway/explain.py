@@ -11,8 +11,10 @@ from .classify import Classification
 from .routing import Candidate, RoutePlan, estimate_cost_micros
 
 
-def classification_json(c: Classification) -> dict[str, Any]:
-    return {
+def classification_json(c: Classification, *, with_reasons: bool = True) -> dict[str, Any]:
+    """`with_reasons=False` for the decision log: the per-label explanations are built
+    lazily by the classifier and cost more than the rest of the record; /v1/route has them."""
+    out = {
         "complexity": {"tier": c.tier, "score": round(c.score, 4)},
         "intent": c.intent,
         "risk": c.risk,
@@ -21,8 +23,10 @@ def classification_json(c: Classification) -> dict[str, Any]:
         "tokens": {"input": c.input_tokens, "output": c.output_tokens},
         "needs": sorted(c.needs),
         "hints": {"objective": c.objective, "latency_budget_ms": c.latency_budget_ms},
-        "reasons": dict(c.reasons),
     }
+    if with_reasons:
+        out["reasons"] = dict(c.reasons)
+    return out
 
 
 def candidate_json(candidate: Candidate, c: Classification, catalog: Catalog) -> dict[str, Any]:
@@ -74,7 +78,7 @@ def decision_record(ex: Any, include_prompt: bool) -> dict[str, Any]:
         "time": time.time(),
         "tenant": ex.principal.tenant,
         "key_id": ex.principal.key_id,
-        "classification": classification_json(c),
+        "classification": classification_json(c, with_reasons=False),
         "route": p.route,
         "objective": p.objective,
         "candidates": [x.key for x in p.candidates],

@@ -5,6 +5,7 @@ Built once per worker by `app.create_app`; handlers reach it through `request.ap
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
@@ -17,7 +18,7 @@ from .config import GatewayConfig
 from .decisions import DecisionSink, NullDecisionLog
 from .forward import Forwarder
 from .health import BreakerBoard
-from .quota import MemoryQuotaStore, QuotaStore
+from .quota import MemoryQuotaStore, QuotaStore, Settlement
 from .runtime import Runtime
 from .telemetry import Telemetry
 
@@ -39,19 +40,33 @@ class GatewayState:
     draining: bool = False
     # name -> async check returning "ok", "degraded" or a failure description
     readiness_probes: dict[str, Callable[[], Awaitable[str]]] = field(default_factory=dict)
+    _settlements: list[Settlement] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
 
     def unavailable(self) -> frozenset[str]:
         return self.breakers.unavailable()
 
-    async def quota_settle(self, reservation_id: str, micros: int, tokens: int) -> None:
-        try:
-            await self.quota.settle(reservation_id, micros, tokens)
-        except Exception as exc:  # noqa: BLE001 - the reservation's TTL is the backstop
-            log.warning("settle of %s failed (%s); its reservation expires on its own", reservation_id, type(exc).__name__)
+    def settle_later(self, reservation_id: str, micros: int, tokens: int) -> None:
+        """Queue a settlement; everything queued in one loop turn goes in one settle_many."""
+        self._settlements.append(Settlement(reservation_id, micros, tokens))
+        if len(self._settlements) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_settlements)
 
-    async def quota_release(self, reservation_id: str) -> None:
+    def release_later(self, reservation_id: str) -> None:
+        self.background.spawn(self._release(reservation_id))
+
+    def _flush_settlements(self) -> None:
+        batch, self._settlements = self._settlements, []
+        self.background.spawn(self._settle(batch))
+
+    async def _settle(self, batch: list[Settlement]) -> None:
+        try:
+            await self.quota.settle_many(batch)
+        except Exception as exc:  # noqa: BLE001 - the reservations' TTL is the backstop
+            log.warning("settling %d reservations failed (%s); they expire on their own", len(batch), type(exc).__name__)
+
+    async def _release(self, reservation_id: str) -> None:
         try:
             await self.quota.release(reservation_id)
         except Exception as exc:  # noqa: BLE001 - the reservation's TTL is the backstop

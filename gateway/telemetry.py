@@ -72,6 +72,7 @@ class Telemetry:
         self._provider: TracerProvider | None = None
         if processor is None and exporter != "none":
             processor = BatchSpanProcessor(_exporter(exporter))
+        self.enabled = processor is not None
         if processor is not None:
             resource = Resource.create({"service.name": service_name, "service.instance.id": str(os.getpid())})
             self._provider = TracerProvider(resource=resource)
@@ -82,12 +83,17 @@ class Telemetry:
 
     @contextmanager
     def server_span(self, request_id: str, path: str) -> Iterator[Span]:
+        if not self.enabled:  # skip even the no-op tracer's context bookkeeping
+            yield trace.INVALID_SPAN
+            return
         with self.tracer.start_as_current_span(
             f"POST {path}", kind=SpanKind.SERVER, attributes={"http.request.method": "POST", "url.path": path, "gateway.request_id": request_id}
         ) as span:
             yield span
 
     def attempt_started(self, provider: str, model: str, upstream_model: str, address: str) -> None:
+        if not self.enabled:
+            return
         span = self.tracer.start_span(
             f"chat {upstream_model}",
             kind=SpanKind.CLIENT,
@@ -105,6 +111,8 @@ class Telemetry:
                          retry: int, continuation: bool) -> None:
         self.metrics.attempts.labels(provider, model, outcome).inc()
         self.metrics.attempt_latency.labels(provider, model).observe(seconds)
+        if not self.enabled:
+            return
         span = _attempt_span.get()
         if span is None:
             return

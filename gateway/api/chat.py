@@ -166,9 +166,9 @@ def _settle(state: GatewayState, ex: Exchange) -> None:
         return
     if ex.usage is not None and ex.answered_by is not None:
         micros = actual_cost_micros(ex.snapshot.catalog, ex.answered_by.key, ex.usage)
-        state.background.spawn(state.quota_settle(ex.reservation_id, micros, ex.usage.total_tokens))
+        state.settle_later(ex.reservation_id, micros, ex.usage.total_tokens)
     else:
-        state.background.spawn(state.quota_release(ex.reservation_id))
+        state.release_later(ex.reservation_id)
 
 
 async def _respond_json(state: GatewayState, ex: Exchange) -> web.Response:

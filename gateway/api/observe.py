@@ -28,6 +28,8 @@ def observe(telemetry: Telemetry, span: Span, ex: Any) -> None:
         m.tokens.labels(tenant, model, "input").inc(usage.prompt_tokens)
         m.tokens.labels(tenant, model, "output").inc(usage.completion_tokens)
         m.spend.labels(tenant, model).inc(actual_cost_micros(ex.snapshot.catalog, answered.key, usage) / 1_000_000)
+    if not telemetry.enabled:
+        return
     record_request(
         span,
         {
@@ -50,5 +52,5 @@ def observe(telemetry: Telemetry, span: Span, ex: Any) -> None:
             "gateway.outcome": ex.outcome,
         },
     )
-    if ex.outcome not in ("ok",):
+    if ex.outcome != "ok":
         span.set_status(Status(StatusCode.ERROR, ex.outcome))
