@@ -22,7 +22,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 
 import aiohttp
 import orjson
@@ -60,13 +60,13 @@ def gateway_config(policy: Path = POLICY, **upstream: float) -> str:
     return f"policy: {policy}\nupstream: {{{inner}}}\n"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Attempt:
     key: str  # provider/model
     outcome: str
     cont: bool = False
 
-    def __str__(self) -> str:
+    def __repr__(self) -> str:  # the header's own form, so a failing comparison reads well
         return f"{self.key}:{self.outcome}{'+cont' if self.cont else ''}"
 
 
@@ -292,6 +292,46 @@ def closed_breakers(chaos_gw: Running) -> None:
     chaos_gw.app[STATE].breakers.reset()
 
 
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def lanes(chaos_sim: Running) -> AsyncIterator[dict[str, Running]]:
+    """A gateway per wire API, so the cells of one fault run side by side (timeouts
+    overlap), each lane with circuit breakers of its own."""
+    gateways = {api: await start_gateway(chaos_sim.url, gateway_config()) for api in PRIMARY}
+    yield gateways
+    for running in gateways.values():
+        await running.stop()
+
+
+Cell = Callable[[Running, str, bool], Awaitable[None]]  # (gateway, wire API, stream?)
+
+
+async def collect(cells: Mapping[str, Awaitable[None]]) -> None:
+    """Run the cells at once and report every failure: one cell's must not hide another's."""
+    results = await asyncio.gather(*cells.values(), return_exceptions=True)
+    failures = []
+    for name, result in zip(cells, results):
+        if isinstance(result, Exception):
+            result.add_note(f"cell {name}")
+            failures.append(result)
+        elif isinstance(result, BaseException):
+            raise result
+    if failures:
+        names = ", ".join(note for f in failures for note in f.__notes__[-1:])
+        raise ExceptionGroup(f"{len(failures)} of {len(cells)} cells failed ({names})", failures)
+
+
+async def side_by_side(lanes: dict[str, Running], cell: Cell, modes: tuple[bool, ...] = (False, True)) -> None:
+    """Every wire API's cells in its own lane, one after another, each on closed breakers."""
+    locks = {api: asyncio.Lock() for api in lanes}
+
+    async def in_lane(api: str, stream: bool) -> None:
+        async with locks[api]:
+            lanes[api].app[STATE].breakers.reset()
+            await cell(lanes[api], api, stream)
+
+    await collect({f"{api}-{'stream' if s else 'json'}": in_lane(api, s) for api in lanes for s in modes})
+
+
 # --------------------------------------------------------------------------- matrix A: the primary fails
 
 
@@ -325,20 +365,22 @@ FAULTS = [
     Fault("stall", "stall_after=3,stall_ms=3000", ("timeout",), json=False, midstream=True),
     Fault("auth", "auth", ("auth",)),
 ]
-MATRIX_A = [
-    pytest.param(fault, api, stream, id=f"{fault.name}-{api}-{'stream' if stream else 'json'}")
-    for fault in FAULTS
-    for api in PRIMARY
-    for stream in (False, True)
-    if fault.json or stream
-]
 
 
-@pytest.mark.parametrize(("fault", "api", "stream"), MATRIX_A)
-async def test_primary_fault_fails_over_to_the_next_provider(chaos_gw: Running, fault: Fault, api: str, stream: bool) -> None:
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+async def test_primary_fault_fails_over_to_the_next_provider(lanes: dict[str, Running], fault: Fault) -> None:
+    """Six cells: the primary on each wire API, in JSON and streaming mode."""
+
+    async def cell(gw: Running, api: str, stream: bool) -> None:
+        await _primary_fault_cell(gw, fault, api, stream)
+
+    await side_by_side(lanes, cell, (False, True) if fault.json else (True,))
+
+
+async def _primary_fault_cell(gw: Running, fault: Fault, api: str, stream: bool) -> None:
     prompt = f"[[fault@{PRIMARY[api]}:{fault.spec}]] tell me about otters"
-    plan = await candidates(chaos_gw, request(PRIMARY[api], prompt, stream=stream))
-    reply = await chat(chaos_gw, request(PRIMARY[api], prompt, stream=stream))
+    plan = await candidates(gw, request(PRIMARY[api], prompt, stream=stream))
+    reply = await chat(gw, request(PRIMARY[api], prompt, stream=stream))
     assert plan[0] == key(api) and len(plan) == 3
     assert_within_deadline(reply)
     assert reply.status == 200, reply.json
@@ -348,7 +390,7 @@ async def test_primary_fault_fails_over_to_the_next_provider(chaos_gw: Running, 
         # Bytes reached the client before the break: the headers could only tell the
         # start; the stream repeats the whole path before [DONE], the decision log has it
         # too, and the client gets ONE stitched answer.
-        assert reply.attempts == [Attempt(key(api), "ok")]
+        assert reply.attempts == [Attempt(key(api), "ok")], reply.attempts
         assert "x-gateway-degraded" not in reply.headers
         assert_clean_stream(reply, full_answer(prompt))
         path = [
@@ -356,8 +398,8 @@ async def test_primary_fault_fails_over_to_the_next_provider(chaos_gw: Running, 
             Attempt(key(api), fault.primary_outcomes(api)[0], cont=True),
             Attempt(fallback, "ok", cont=True),
         ]
-        assert reply.final_attempts == path
-        assert logged_attempts(await decision(chaos_gw, reply)) == path
+        assert reply.final_attempts == path, reply.final_attempts
+        assert logged_attempts(await decision(gw, reply)) == path
         return
 
     if stream and fault.name == "malformed":
@@ -372,7 +414,7 @@ async def test_primary_fault_fails_over_to_the_next_provider(chaos_gw: Running, 
         return
 
     expected = [Attempt(key(api), outcome) for outcome in fault.primary_outcomes(api)] + [Attempt(fallback, "ok")]
-    assert reply.attempts == expected
+    assert reply.attempts == expected, f"{reply.attempts} != {expected}"
     assert reply.headers["x-gateway-degraded"] == "fallback"
     assert reply.headers["x-gateway-model"] == fallback.split("/")[1]
     if stream:
@@ -383,31 +425,38 @@ async def test_primary_fault_fails_over_to_the_next_provider(chaos_gw: Running, 
         assert reply.text == full_answer(prompt)
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-@pytest.mark.parametrize("api", list(PRIMARY))
 @pytest.mark.parametrize("where", ["refused", "blackhole"])
-async def test_unreachable_provider_fails_over(
-    chaos_sim: Running, closed_port: int, blackhole: int, where: str, api: str, stream: bool
-) -> None:
-    """Connect failures: a closed port refuses at once; a full listen queue times out."""
+async def test_unreachable_provider_fails_over(chaos_sim: Running, closed_port: int, blackhole: int, where: str) -> None:
+    """Connect failures: a closed port refuses at once; a full listen queue times out.
+
+    Each wire API in turn points at the dead address, in a gateway of its own."""
     port = closed_port if where == "refused" else blackhole
-    base = f"http://127.0.0.1:{port}" + ("/v1" if api == "openai" else "")
-    gw = await start_gateway(chaos_sim.url, gateway_config(), **{PROVIDER_ENV[api]: base})
-    prompt = "tell me about otters"
-    try:
+    outcome = "connection" if where == "refused" else "timeout"
+    gateways = {
+        api: await start_gateway(
+            chaos_sim.url, gateway_config(), **{PROVIDER_ENV[api]: f"http://127.0.0.1:{port}" + ("/v1" if api == "openai" else "")}
+        )
+        for api in PRIMARY
+    }
+
+    async def cell(gw: Running, api: str, stream: bool) -> None:
+        prompt = "tell me about otters"
         plan = await candidates(gw, request(PRIMARY[api], prompt))
         reply = await chat(gw, request(PRIMARY[api], prompt, stream=stream))
+        assert_within_deadline(reply)
+        assert reply.status == 200
+        assert reply.attempts == [Attempt(key(api), outcome), Attempt(key(api), outcome), Attempt(plan[1], "ok")], reply.attempts
+        assert reply.headers["x-gateway-degraded"] == "fallback"
+        if stream:
+            assert_clean_stream(reply, full_answer(prompt))
+        else:
+            assert reply.text == full_answer(prompt)
+
+    try:
+        await side_by_side(gateways, cell)
     finally:
-        await gw.stop()
-    outcome = "connection" if where == "refused" else "timeout"
-    assert_within_deadline(reply)
-    assert reply.status == 200
-    assert reply.attempts == [Attempt(key(api), outcome), Attempt(key(api), outcome), Attempt(plan[1], "ok")]
-    assert reply.headers["x-gateway-degraded"] == "fallback"
-    if stream:
-        assert_clean_stream(reply, full_answer(prompt))
-    else:
-        assert reply.text == full_answer(prompt)
+        for gw in gateways.values():
+            await gw.stop()
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
@@ -485,9 +534,17 @@ OUTAGES = [
 ]
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("outage", OUTAGES, ids=[o.name for o in OUTAGES])
-async def test_everything_failing_gives_an_explicit_error(chaos_gw: Running, outage: Outage, stream: bool) -> None:
+async def test_everything_failing_gives_an_explicit_error(lanes: dict[str, Running], outage: Outage) -> None:
+    """Two cells side by side: JSON and streaming mode, each in a lane of its own."""
+    await collect({
+        "json": _outage_cell(lanes["openai"], outage, stream=False),
+        "stream": _outage_cell(lanes["anthropic"], outage, stream=True),
+    })
+
+
+async def _outage_cell(chaos_gw: Running, outage: Outage, stream: bool) -> None:
+    chaos_gw.app[STATE].breakers.reset()
     prompt = f"[[fault:{outage.spec}]] tell me about otters"
     budget_ms = 1000 if outage.code == "timeout" else BUDGET_MS  # a timeout runs to the deadline
     reply = await chat(chaos_gw, request(PRIMARY["openai"], prompt, stream=stream), budget_ms=budget_ms)
