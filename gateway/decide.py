@@ -21,6 +21,9 @@ HINT_PREFIX = "x-gateway-"
 class Decision:
     classification: Classification
     plan: RoutePlan
+    # Every candidate the policy allows has an open circuit breaker: `plan` is what would
+    # run if they were healthy, and the request goes straight to the route's static step.
+    all_unavailable: bool = False
 
 
 def hint_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -38,15 +41,22 @@ def decide(
         classification = classify(body, hint_headers(headers), snapshot.rules)
     except HintError as error:
         raise GatewayError(400, error.message, param=error.param, code="invalid_hint") from None
-    try:
-        route_plan = plan(
+    def planned(skip: frozenset[str]) -> RoutePlan:
+        return plan(
             classification,
             tenant=tenant,
             requested_model=body.get("model"),
             policy=snapshot.policy,
             catalog=snapshot.catalog,
-            unavailable=unavailable,
+            unavailable=skip,
         )
+
+    try:
+        return Decision(classification, planned(unavailable))
     except RoutingError as error:
+        if error.code == "no_eligible_model" and unavailable:
+            try:  # would it route if the breakers were closed? then it is an outage, not a bad request
+                return Decision(classification, planned(frozenset()), all_unavailable=True)
+            except RoutingError:
+                pass
         raise GatewayError(error.status, error.message, param=error.param, code=error.code) from None
-    return Decision(classification, route_plan)

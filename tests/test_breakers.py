@@ -232,12 +232,6 @@ async def test_sustained_outage_opens_the_breaker_and_recovers_after_a_probe(sim
         await gw.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="routing.plan answers 400 no_eligible_model when every candidate's breaker is open; "
-    "it must be an availability refusal: the route's static step (503/429/504 + retry-after, "
-    "or its static completion). Needs a change in routing.py/decide.py/api/chat.py.",
-)
 @pytest.mark.parametrize("task", ["chat", "translate"])
 async def test_all_candidates_open_is_an_explicit_refusal(sim: Running, task: str) -> None:
     gw = await start_gateway(sim.url, gateway_config())

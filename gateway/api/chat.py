@@ -75,6 +75,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         exchange = _prepare(request, state, principal, body)
         span.add_event("planned", {"gateway.route": exchange.decision.plan.route})
         try:
+            if exchange.decision.all_unavailable:
+                return _all_breakers_open(exchange)
             await _admit(state, exchange)
             span.add_event("admitted", {"gateway.start_candidate": exchange.start})
             if body.get("stream"):
@@ -110,6 +112,22 @@ def _prepare(request: web.Request, state: GatewayState, principal: Principal, bo
         content_fallback=snapshot.deployments[fallback.key] if fallback else None,
         deadline=asyncio.get_running_loop().time() + timeout_s,
     )
+
+
+def _all_breakers_open(ex: Exchange) -> web.StreamResponse:
+    """Nothing the policy allows is healthy: the route's static step, without any attempt."""
+    ex.degraded = "static"
+    ex.outcome = "all_breakers_open"
+    static = ex.decision.plan.degradation.static
+    if static is not None and static.mode == "completion":
+        if ex.body.get("stream"):
+            chunks = b"".join(_sse(chunk) for chunk in static_chunks(static, ex.request_id))
+            return web.Response(body=chunks + b"data: [DONE]\n\n", headers={**SSE_HEADERS, **_headers(ex)})
+        return web.Response(
+            body=orjson.dumps(static_completion(static, ex.request_id)), content_type="application/json", headers=_headers(ex)
+        )
+    cause = UpstreamError(ErrorKind.OVERLOADED, "every deployment this request may use has an open circuit breaker")
+    raise _static_error(cause, ex)
 
 
 async def _admit(state: GatewayState, ex: Exchange) -> None:

@@ -25,6 +25,9 @@ async def dry_run(request: web.Request) -> web.Response:
             "classification": classification_json(decision.classification),
             "plan": plan_json(decision.plan, decision.classification, snapshot.catalog),
             "policy_version": snapshot.policy_version,
+            # true when every allowed deployment's breaker is open: the plan shown is what
+            # would run once they recover; a completion now gets the route's static step
+            "all_unavailable": decision.all_unavailable,
         },
         dumps=lambda value: orjson.dumps(value).decode(),
     )
