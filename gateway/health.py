@@ -1,7 +1,11 @@
 """Circuit breakers per deployment (provider + model).
 
-A breaker opens on `consecutive_failures` failures in a row, or when the error rate over
-the last `window_s` seconds reaches `error_rate` with at least `min_requests` requests.
+While a deployment has seen fewer than `min_requests` requests in the last `window_s`
+seconds, its breaker opens on `consecutive_failures` failures in a row. With more traffic
+than that, it opens when the error rate reaches `error_rate` over the window, or over its
+latest `max_window_requests` outcomes if there were more: at volume a run of failures
+happens by chance (five in a row at a 30% error rate: every few hundred attempts), and a
+long healthy history must not hide an outage for long.
 After `open_s` it lets `half_open_probes` requests through; a success closes it, a failure
 opens it again for twice as long (capped at `max_open_s`). Only failures that say
 something about the deployment count (the failover kinds); a client's bad request does not.
@@ -42,6 +46,7 @@ class BreakerSettings:
     error_rate: float = 0.5
     min_requests: int = 20
     window_s: float = 30.0
+    max_window_requests: int = 100
     open_s: float = 10.0
     max_open_s: float = 120.0
     half_open_probes: int = 1
@@ -111,7 +116,9 @@ class BreakerBoard:
         ok = kind is None
         breaker.outcomes.append((now, ok))
         horizon = now - self.settings.window_s
-        while breaker.outcomes and breaker.outcomes[0][0] < horizon:
+        while breaker.outcomes and (
+            breaker.outcomes[0][0] < horizon or len(breaker.outcomes) > self.settings.max_window_requests
+        ):
             breaker.outcomes.popleft()
         if breaker.state == "half_open":
             breaker.probes_in_flight = max(0, breaker.probes_in_flight - 1)
@@ -173,11 +180,9 @@ class BreakerBoard:
             self._close(key, breaker, publish=False)
 
     def _should_open(self, breaker: Breaker) -> bool:
-        if breaker.consecutive >= self.settings.consecutive_failures:
-            return True
         total = len(breaker.outcomes)
         if total < self.settings.min_requests:
-            return False
+            return breaker.consecutive >= self.settings.consecutive_failures
         failures = sum(1 for _, ok in breaker.outcomes if not ok)
         return failures / total >= self.settings.error_rate
 

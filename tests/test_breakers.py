@@ -9,6 +9,7 @@ it again for longer, and once the fault is cleared the next probe closes it.
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import pytest
@@ -80,6 +81,32 @@ def test_opens_on_the_error_rate_over_the_window() -> None:
     for _ in range(4):
         b.record(A, None)
     assert b.state(A) == "closed"  # 3 of 10 inside the window
+
+
+def test_random_failures_at_volume_do_not_open_it() -> None:
+    """At 30% random failures, five in a row happen by chance every few hundred attempts;
+    with traffic enough to measure, the error rate decides, not a lucky run."""
+    b, clock, _ = board(consecutive_failures=5, min_requests=20, error_rate=0.5)
+    draw = random.Random(7)
+    for _ in range(5000):
+        clock.advance(0.01)
+        b.record(A, ErrorKind.SERVER_ERROR if draw.random() < 0.3 else None)
+        assert b.state(A) == "closed"
+
+
+def test_a_deployment_going_down_under_heavy_traffic_opens_quickly() -> None:
+    """The error rate looks at the latest outcomes only, so a long healthy history does not
+    hide an outage for long."""
+    b, clock, _ = board(consecutive_failures=5, min_requests=20, error_rate=0.5, window_s=30)
+    for _ in range(3000):
+        clock.advance(0.005)
+        b.record(A, None)
+    failures = 0
+    while b.state(A) == "closed":
+        clock.advance(0.005)
+        b.record(A, ErrorKind.TIMEOUT)
+        failures += 1
+    assert failures <= 50
 
 
 def test_failures_of_the_request_itself_do_not_count() -> None:

