@@ -14,6 +14,10 @@ What the requested model means depends on the tenant's mode:
 Virtual models `auto` and `auto:<objective>` (`auto:cost` = cost_speed) request nothing.
 Privacy is never traded: a high-risk request needs at least `restricted`, a regulated one
 `regulated`, whatever the mode, the cost or the requested model.
+
+Every verdict that follows from a request's categories (route, tenant, requested model,
+intent, tier, risk, objective hint, needs) is worked out once into a cached `_Shape`; a
+request then only checks its token counts and the breakers and scores what is left.
 """
 
 from __future__ import annotations
@@ -103,11 +107,79 @@ def estimate_cost_micros(model: Model, input_tokens: int, output_tokens: int, ca
 Quality = Mapping[str, tuple[float, float]]  # deployment key -> (quality for an intent, normalized)
 # Per model: (model, reason or None, kind: tenant | route | choice, the Rejection ready-made).
 Static = tuple[tuple[Model, "str | None", str, "Rejection | None"], ...]
-Scored = list[tuple[Model, float, tuple[str, ...]]]
+Scored = list[tuple["_Option", float, tuple[str, ...]]]
+
+# A model's own reasons by (context tight, over the latency budget), made once.
+_OWN = {
+    (False, False): ("context_fit",),
+    (False, True): ("context_fit", "latency_over_budget"),
+    (True, False): ("context_tight",),
+    (True, True): ("context_tight", "latency_over_budget"),
+}
+_MAX_SHAPES = 1024  # request shapes kept per (policy, catalog); the oldest goes first
 
 
 def _listed(m: Model, names: frozenset[str]) -> bool:
     return m.id in names or m.key in names
+
+
+@dataclass(slots=True, eq=False)
+class _Option:
+    """One catalog model as one request shape sees it. Only the token fit and the breaker are
+    left for the request to check. Rejections are frozen, so they are made here once and
+    shared by every plan of the shape."""
+
+    model: Model
+    early: Rejection | None  # static verdict, privacy or capability: rejected whatever the tokens
+    late: Rejection | None  # a quality floor: checked after the token and breaker checks
+    too_long: Rejection  # context_window
+    too_much_output: Rejection  # max_output
+    breaker_open: Rejection
+    speed_part: float  # weight x normalized speed
+    quality_part: float  # weight x normalized quality for the intent
+    tie: int  # input + output price: equal scores go to the cheaper model
+    requested: bool  # a deployment of the requested model
+    bonus: bool  # gets the requested bonus (floor and auto modes)
+    strong: bool  # meets the complexity need, or is pinned
+    below_need: Rejection | None  # set when the need applies and the model misses it
+    content_fallback: bool  # is the route's content fallback
+    tier_down: str  # its fallback reason when it sits a tier below the primary
+
+
+@dataclass(slots=True, eq=False)
+class _Shape:
+    """Everything a plan needs that follows from the request's categories (route, tenant,
+    requested model, intent, tier, risk, objective hint, needs), not from its token counts,
+    latency budget or the breakers."""
+
+    route: Route
+    settings: Tenant
+    options: tuple[_Option, ...]  # catalog order, which is the order of `rejected`
+    objective: str
+    weights: Weights  # normalized, complexity boost included
+    need_applies: bool
+    mode: str | None
+    requested_model: str | None  # as the plan reports it
+    requested_reason: str  # "requested:<mode>"
+    needed_tier: str
+    common: tuple[str, ...]  # reasons every candidate carries
+    # The common case, settled in advance: a request that fits every model the token and
+    # breaker checks would see (`min_context`, `min_output`, `reachable_keys`) gets `settled`
+    # as it is. None when nothing is eligible even then (the request fails on the full path).
+    settled: "_Filtered | None" = None
+    min_context: int = 0
+    min_output: int = 0
+    reachable_keys: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True, eq=False)
+class _Filtered:
+    """The hard constraints and the complexity need applied: who is left, who was rejected."""
+
+    rejected: tuple[Rejection, ...]  # catalog order, then the models below the need
+    eligible: list[_Option]  # passed the hard constraints and, unless relaxed, the need
+    hard_eligible: list[_Option]  # passed the hard constraints
+    relaxed: bool  # nothing met the need, so it was waived
 
 
 class _Compiled:
@@ -115,6 +187,7 @@ class _Compiled:
 
     def __init__(self, policy: Policy, catalog: Catalog) -> None:
         self.policy, self.catalog = policy, catalog
+        self.version_tag = policy.version_tag
         speeds = [math.log(m.speed) for m in catalog.models]
         lo, hi = min(speeds), max(speeds)
         self.speed_norm = {m.key: (math.log(m.speed) - lo) / (hi - lo) if hi > lo else 1.0 for m in catalog.models}
@@ -122,8 +195,14 @@ class _Compiled:
         self.q_lo, self.q_span = min(qualities), (max(qualities) - min(qualities)) or 1.0
         self.max_in = max(m.input_micros_per_mtok for m in catalog.models)
         self.max_out = max(m.output_micros_per_mtok for m in catalog.models)
+        # The rejections of the per-request checks (context window, output limit, breaker).
+        self.fit_rejections = {
+            m.key: tuple(Rejection(m.id, m.provider, r) for r in ("context_window", "max_output", "breaker_open"))
+            for m in catalog.models
+        }
         self._quality: dict[str, Quality] = {}
         self._static: dict[tuple[str, str], Static] = {}
+        self._shapes: dict[tuple[object, ...], _Shape] = {}
 
     def quality(self, intent: str) -> Quality:
         found = self._quality.get(intent)
@@ -176,6 +255,21 @@ class _Compiled:
     def floor_model(self, tenant: Tenant) -> Model | None:
         return self.catalog.resolve(tenant.model_floor)[0] if tenant.model_floor else None
 
+    def shape(self, route: Route, settings: Tenant, requested_model: str | None, c: Classification) -> _Shape:
+        hint = c.objective if c.objective in self.policy.objectives else None
+        needs = frozenset(c.needs)  # the same object when it already is one
+        # Route and tenant by identity (the policy holds them, so ids stay theirs; the entry
+        # checks identity anyway); the client-chosen strings in the key are bounded: an
+        # unknown model or objective raises before anything is cached.
+        key = (id(route), id(settings), requested_model, c.intent, c.tier, c.risk, hint, needs)
+        found = self._shapes.get(key)
+        if found is None or found.route is not route or found.settings is not settings:
+            found = _build_shape(self, route, settings, requested_model, c, hint, needs)
+            if len(self._shapes) >= _MAX_SHAPES:
+                self._shapes.pop(next(iter(self._shapes)))
+            self._shapes[key] = found
+        return found
+
 
 _CACHE: dict[tuple[int, int], _Compiled] = {}
 
@@ -189,7 +283,7 @@ def _compiled(policy: Policy, catalog: Catalog) -> _Compiled:
     return entry
 
 
-# ----------------------------------------------------------------------------- plan
+# ----------------------------------------------------------------------------- request shapes
 
 
 def _resolve_request(requested: str | None, policy: Policy, catalog: Catalog) -> tuple[tuple[Model, ...], str | None]:
@@ -209,12 +303,12 @@ def _resolve_request(requested: str | None, policy: Policy, catalog: Catalog) ->
     return found, None
 
 
-def plan(c: Classification, *, tenant: str, requested_model: str | None, policy: Policy, catalog: Catalog,
-         unavailable: frozenset[str] = frozenset()) -> RoutePlan:
-    index = _compiled(policy, catalog)
-    settings = policy.tenant(tenant)
-    route = policy.route_for(c, tenant)
-    requested, objective_override = _resolve_request(requested_model, policy, catalog)
+def _build_shape(index: _Compiled, route: Route, settings: Tenant, requested_model: str | None,
+                 c: Classification, hint: str | None, needs: frozenset[str]) -> _Shape:
+    """Raises the request-level errors (unknown model, model not allowed); the per-request
+    part of `plan` raises the one that depends on tokens and breakers (no eligible model)."""
+    policy = index.policy
+    requested, objective_override = _resolve_request(requested_model, policy, index.catalog)
     mode = settings.requested_model if requested else None
     requested_keys = frozenset(m.key for m in requested)
     static = index.static(route, settings)
@@ -224,106 +318,91 @@ def plan(c: Classification, *, tenant: str, requested_model: str | None, policy:
     if mode in ("pinned", "floor"):
         _check_tenant_may_use(requested_keys, requested_model, static, quality, floor_q, settings)
 
-    objective = objective_override or (c.objective if c.objective in policy.objectives else None)
+    objective = objective_override or hint
     weights = policy.objectives[objective] if objective else route.weights
     objective = objective or route.objective
     need = policy.complexity.get(c.tier)
     weights = weights.normalized(need.quality_boost if need else 0.0)
-    budget = c.latency_budget_ms or route.latency_budget_ms
     needed_rank = max(PRIVACY_RANK[settings.privacy_tier], RISK_PRIVACY.get(c.risk, 0))
     needed_tier = PRIVACY_TIERS[needed_rank]
-    window_need, needs, out_tokens = c.input_tokens + c.output_tokens, c.needs, c.output_tokens
     req_floor = requested[0] if mode == "floor" else None
     req_floor_q = quality[req_floor.key][0] if req_floor is not None else -1.0
     route_floor = route.quality_floor
+    need_applies = need is not None and bool(need.quality_floor > 0 or need.min_tier)
+    min_rank = TIER_RANK[need.min_tier] if need is not None and need.min_tier else 0
 
-    rejected: list[Rejection] = []
-    eligible: list[Model] = []
+    options = []
     for m, reason, kind, static_rejection in static:
         is_requested = m.key in requested_keys
         pinned_here = is_requested and mode == "pinned"
+        q, q_norm = quality[m.key]
+        early = late = None
         # An explicit request may use a deprecated model, and a pinned one ignores the
         # route's tier bounds and quality floor: those shape its fallbacks only.
         if static_rejection is not None and not (
             is_requested and (reason == "lifecycle:deprecated" or (pinned_here and kind == "choice"))
         ):
-            rejected.append(static_rejection)
-            continue
-        if m.privacy_rank < needed_rank:
-            reason = f"privacy:{needed_tier}"
+            early = static_rejection
+        elif m.privacy_rank < needed_rank:
+            early = Rejection(m.id, m.provider, f"privacy:{needed_tier}")
         elif needs and not needs <= m.capabilities:
-            reason = "capability:" + ",".join(sorted(needs - m.capabilities))
-        elif window_need > m.context_window:
-            reason = "context_window"
-        elif out_tokens > m.max_output_tokens:
-            reason = "max_output"
-        elif m.key in unavailable:
-            reason = "breaker_open"
-        else:
-            q = quality[m.key][0]
-            if q < floor_q:
-                reason = f"below_floor:{settings.model_floor}"
-            elif q < route_floor and not pinned_here:
-                reason = "quality_floor:route"
-            elif req_floor is not None and (m.tier_rank < req_floor.tier_rank or q < req_floor_q):
-                reason = f"below_requested:{requested_model}"
-            else:
-                eligible.append(m)
-                continue
-        rejected.append(Rejection(m.id, m.provider, reason))
-
-    if not eligible:
-        raise RoutingError(400, "no_eligible_model", _no_model_message(route, rejected), reasons=tuple(rejected))
-    hard_eligible = eligible
-
-    # The complexity need is soft: a tenant limited to small models still gets an answer.
-    relaxed = False
-    if need is not None and (need.quality_floor > 0 or need.min_tier):
-        min_rank = TIER_RANK[need.min_tier] if need.min_tier else 0
-        strong = [m for m in eligible if (quality[m.key][0] >= need.quality_floor and m.tier_rank >= min_rank)
-                  or (mode == "pinned" and m.key in requested_keys)]
-        if not strong:
-            relaxed = True
-        elif len(strong) < len(eligible):
-            kept = {m.key for m in strong}
-            rejected.extend(Rejection(m.id, m.provider, f"below_need:{c.tier}") for m in eligible if m.key not in kept)
-            eligible = strong
-
-    bonus_keys = requested_keys if mode in ("floor", "auto") else frozenset()
-    scored = _score(eligible, c, weights, budget, policy, index, quality, bonus_keys)
-    ordered = _order(scored, route, requested_keys if mode == "pinned" else frozenset())
+            early = Rejection(m.id, m.provider, "capability:" + ",".join(sorted(needs - m.capabilities)))
+        # Then come the context window, the output limit and the breaker, per request.
+        elif q < floor_q:
+            late = Rejection(m.id, m.provider, f"below_floor:{settings.model_floor}")
+        elif q < route_floor and not pinned_here:
+            late = Rejection(m.id, m.provider, "quality_floor:route")
+        elif req_floor is not None and (m.tier_rank < req_floor.tier_rank or q < req_floor_q):
+            late = Rejection(m.id, m.provider, f"below_requested:{requested_model}")
+        # The complexity need is soft: a tenant limited to small models still gets an answer.
+        strong = (need_applies and q >= need.quality_floor and m.tier_rank >= min_rank) or pinned_here  # type: ignore[union-attr]
+        too_long, too_much_output, breaker_open = index.fit_rejections[m.key]
+        options.append(_Option(
+            model=m,
+            early=early,
+            late=late,
+            too_long=too_long,
+            too_much_output=too_much_output,
+            breaker_open=breaker_open,
+            speed_part=weights.speed * index.speed_norm[m.key],
+            quality_part=weights.quality * q_norm,
+            tie=m.input_micros_per_mtok + m.output_micros_per_mtok,
+            requested=is_requested,
+            bonus=is_requested and mode in ("floor", "auto"),
+            strong=strong,
+            below_need=Rejection(m.id, m.provider, f"below_need:{c.tier}") if need_applies and not strong else None,
+            content_fallback=route.content_fallback is not None and route.content_fallback in (m.id, m.key),
+            tier_down=f"fallback:tier_down:{m.tier}",
+        ))
 
     common = (f"route:{route.name}", f"objective:{objective}", f"complexity:{c.tier}", f"privacy:{needed_tier}")
     if settings.model_floor:
         common += (f"floor:{settings.model_floor}",)
-    if relaxed:
-        common += ("need_relaxed",)
-    if mode == "pinned" and not any(m.key in requested_keys for m in eligible):
-        common += ("requested:pinned_unavailable",)
-    primary = ordered[0][0]
-    candidates = []
-    for i, (m, score, own) in enumerate(ordered[: route.max_candidates]):
-        extra = own if i == 0 else (*own, _fallback_reason(m, primary))
-        if m.key in requested_keys:
-            extra = (f"requested:{mode}", *extra)
-        candidates.append(Candidate(m.id, m.provider, m.tier, round(score, 4), common + extra,
-                                    "primary" if i == 0 else "fallback"))
-
-    return RoutePlan(
-        candidates=tuple(candidates),
-        rejected=tuple(rejected),
-        route=route.name,
+    shape = _Shape(
+        route=route,
+        settings=settings,
+        options=tuple(options),
         objective=objective,
         weights=weights,
-        latency_budget_ms=budget,
-        degradation=route.degradation,
-        content_fallback=_content_fallback(route, hard_eligible, common, c, weights, budget, policy, index, quality),
-        policy_version=policy.version_tag,
-        tenant=settings.name,
+        need_applies=need_applies,
+        mode=mode,
         requested_model=requested_model if requested else None,
-        requested_mode=mode,
-        privacy_tier=needed_tier,
+        requested_reason=f"requested:{mode}",
+        needed_tier=needed_tier,
+        common=common,
     )
+    reachable = [o.model for o in options if o.early is None]
+    if reachable:
+        shape.min_context = min(m.context_window for m in reachable)
+        shape.min_output = min(m.max_output_tokens for m in reachable)
+        shape.reachable_keys = frozenset(m.key for m in reachable)
+        # No token count or breaker rejects anything here, so this is what every request
+        # within those bounds gets.
+        try:
+            shape.settled = _filter(shape, 0, 0, frozenset())
+        except RoutingError:
+            pass  # nothing is eligible even so: such requests fail on the full path
+    return shape
 
 
 def _check_tenant_may_use(keys: frozenset[str], name: str | None, static: Static, quality: Quality,
@@ -344,72 +423,173 @@ def _check_tenant_may_use(keys: frozenset[str], name: str | None, static: Static
                        param="model", reasons=tuple(reasons))
 
 
-def _score(eligible: list[Model], c: Classification, w: Weights, budget: int | None, policy: Policy,
-           index: _Compiled, quality: Quality, bonus_keys: frozenset[str]) -> Scored:
-    s = policy.scoring
+# ----------------------------------------------------------------------------- plan
+
+
+def plan(c: Classification, *, tenant: str, requested_model: str | None, policy: Policy, catalog: Catalog,
+         unavailable: frozenset[str] = frozenset()) -> RoutePlan:
+    index = _compiled(policy, catalog)
+    settings = policy.tenant(tenant)
+    route = policy.route_for(c, tenant)
+    shape = index.shape(route, settings, requested_model, c)
+
+    window_need, out_tokens = c.input_tokens + c.output_tokens, c.output_tokens
+    settled = shape.settled
+    if (settled is not None and window_need <= shape.min_context and out_tokens <= shape.min_output
+            and shape.reachable_keys.isdisjoint(unavailable)):
+        filtered = settled
+    else:
+        filtered = _filter(shape, window_need, out_tokens, unavailable)
+    eligible = filtered.eligible
+
+    budget = c.latency_budget_ms or route.latency_budget_ms
+    scored = _score(eligible, c, shape, budget, index, with_bonus=True)
+    # Only the candidates are ordered (the schema keeps max_candidates >= 1; else all are).
+    wanted = route.max_candidates if route.max_candidates >= 1 else len(scored)
+    ordered = _order(scored, route, shape.mode == "pinned", wanted)
+
+    common = shape.common
+    if filtered.relaxed:
+        common += ("need_relaxed",)
+    if shape.mode == "pinned" and not any(o.requested for o in eligible):
+        common += ("requested:pinned_unavailable",)
+    primary = ordered[0][0].model
+    candidates = []
+    for i, (o, score, own) in enumerate(ordered[: route.max_candidates]):
+        m = o.model
+        extra = own if i == 0 else (*own, _fallback_reason(o, primary))
+        if o.requested:
+            extra = (shape.requested_reason, *extra)
+        candidates.append(Candidate(m.id, m.provider, m.tier, round(score, 4), common + extra,
+                                    "primary" if i == 0 else "fallback"))
+
+    return RoutePlan(
+        candidates=tuple(candidates),
+        rejected=filtered.rejected,
+        route=route.name,
+        objective=shape.objective,
+        weights=shape.weights,
+        latency_budget_ms=budget,
+        degradation=route.degradation,
+        content_fallback=_content_fallback(filtered.hard_eligible, common, c, shape, budget, index),
+        policy_version=index.version_tag,
+        tenant=settings.name,
+        requested_model=shape.requested_model,
+        requested_mode=shape.mode,
+        privacy_tier=shape.needed_tier,
+    )
+
+
+def _filter(shape: _Shape, window_need: int, out_tokens: int, unavailable: frozenset[str]) -> _Filtered:
+    rejected: list[Rejection] = []
+    eligible: list[_Option] = []
+    for o in shape.options:
+        m = o.model
+        if o.early is not None:
+            rejected.append(o.early)
+        elif window_need > m.context_window:
+            rejected.append(o.too_long)
+        elif out_tokens > m.max_output_tokens:
+            rejected.append(o.too_much_output)
+        elif m.key in unavailable:
+            rejected.append(o.breaker_open)
+        elif o.late is not None:
+            rejected.append(o.late)
+        else:
+            eligible.append(o)
+    if not eligible:
+        raise RoutingError(400, "no_eligible_model", _no_model_message(shape.route, rejected),
+                           reasons=tuple(rejected))
+    hard_eligible = eligible
+    relaxed = False
+    if shape.need_applies:
+        strong = [o for o in eligible if o.strong]
+        if not strong:
+            relaxed = True
+        elif len(strong) < len(eligible):
+            rejected.extend(o.below_need for o in eligible if o.below_need is not None)
+            eligible = strong
+    return _Filtered(tuple(rejected), eligible, hard_eligible, relaxed)
+
+
+def _best_first(t: tuple[_Option, float, tuple[str, ...]]) -> tuple[float, int]:
+    # Best score first; ties go to the cheaper model, then to catalog order (the sort is stable).
+    return -t[1], t[0].tie
+
+
+def _score(options: list[_Option], c: Classification, shape: _Shape, budget: int | None, index: _Compiled,
+           with_bonus: bool) -> Scored:
+    s = index.policy.scoring
+    w_cost, log1p, log_span = shape.weights.cost, math.log1p, _LOG_COST_SPAN
+    inp, outp = c.input_tokens, c.output_tokens
     # Cost is priced for this request's shape (input-heavy vs output-heavy) on a log scale
     # anchored to the dearest request the catalog could produce, so a score does not move
     # with whatever else happens to be eligible.
-    unit = (c.input_tokens * index.max_in + c.output_tokens * index.max_out) / _COST_SPAN or 1.0
-    window_need = c.input_tokens + c.output_tokens
+    unit = (inp * index.max_in + outp * index.max_out) / _COST_SPAN or 1.0
+    window_need = inp + outp
     threshold = s.context_penalty_threshold
+    generation = outp * 1000.0  # ms at one token per second
     out: Scored = []
-    for m in eligible:
-        cost = c.input_tokens * m.input_micros_per_mtok + c.output_tokens * m.output_micros_per_mtok
-        score = (
-            w.cost * (1.0 - math.log1p(cost / unit) / _LOG_COST_SPAN)
-            + w.speed * index.speed_norm[m.key]
-            + w.quality * quality[m.key][1]
-        )
+    for o in options:
+        m = o.model
+        cost = inp * m.input_micros_per_mtok + outp * m.output_micros_per_mtok
+        # Summed in this order (cost, speed, quality, penalties, bonus): scores are compared
+        # and rounded, so they must come out bit for bit the same on every path.
+        score = w_cost * (1.0 - log1p(cost / unit) / log_span) + o.speed_part + o.quality_part
         ratio = window_need / m.context_window
-        if ratio > threshold:
+        tight = ratio > threshold
+        if tight:
             score -= s.context_penalty * (ratio - threshold) / ((1.0 - threshold) or 1.0)
-            own: tuple[str, ...] = ("context_tight",)
-        else:
-            own = ("context_fit",)
-        if budget is not None and c.output_tokens * 1000.0 / m.speed > budget:
+        slow = budget is not None and generation / m.speed > budget
+        if slow:
             score -= s.latency_penalty
-            own += ("latency_over_budget",)
-        if m.key in bonus_keys:
+        if with_bonus and o.bonus:
             score += s.requested_bonus
-        out.append((m, score, own))
-    # Best score first; ties go to the cheaper model, then to catalog order (the sort is stable).
-    out.sort(key=lambda t: (-t[1], t[0].input_micros_per_mtok + t[0].output_micros_per_mtok))
+        out.append((o, score, _OWN[tight, slow]))
+    out.sort(key=_best_first)
     return out
 
 
-def _order(scored: Scored, route: Route, pinned_keys: frozenset[str]) -> Scored:
-    """Primary, the same model elsewhere, the fallback tier (default: next tier down), the rest."""
-    primary = next((t for t in scored if t[0].key in pinned_keys), scored[0])
-    rest = [t for t in scored if t is not primary]
-    same = [t for t in rest if t[0].id == primary[0].id]
-    rest = [t for t in rest if t[0].id != primary[0].id]
+def _order(scored: Scored, route: Route, pinned: bool, count: int) -> Scored:
+    """The first `count` of: primary, the same model elsewhere, the fallback tier (default:
+    the next tier down), the rest."""
+    primary = next((t for t in scored if t[0].requested), scored[0]) if pinned else scored[0]
+    model = primary[0].model
+    ordered = [primary]
+    rest: Scored = []
+    for t in scored:
+        if t is not primary:
+            (ordered if t[0].model.id == model.id else rest).append(t)
+    if len(ordered) >= count or not rest:
+        return ordered[:count]
     if route.fallback_tier is not None:
         target: int | None = TIER_RANK[route.fallback_tier]
     else:
-        lower = [t[0].tier_rank for t in rest if t[0].tier_rank < primary[0].tier_rank]
+        lower = [rank for t in rest if (rank := t[0].model.tier_rank) < model.tier_rank]
         target = max(lower) if lower else None
-    return [primary, *same, *(t for t in rest if t[0].tier_rank == target), *(t for t in rest if t[0].tier_rank != target)]
+    ordered += [t for t in rest if t[0].model.tier_rank == target]
+    if len(ordered) < count:
+        ordered += [t for t in rest if t[0].model.tier_rank != target]
+    return ordered[:count]
 
 
-def _fallback_reason(m: Model, primary: Model) -> str:
+def _fallback_reason(o: _Option, primary: Model) -> str:
+    m = o.model
     if m.id == primary.id:
         return "fallback:same_model"
     if m.tier_rank < primary.tier_rank:
-        return f"fallback:tier_down:{m.tier}"
+        return o.tier_down
     return "fallback:score"
 
 
-def _content_fallback(route: Route, eligible: list[Model], common: tuple[str, ...], c: Classification,
-                      weights: Weights, budget: int | None, policy: Policy, index: _Compiled,
-                      quality: Quality) -> Candidate | None:
+def _content_fallback(eligible: list[_Option], common: tuple[str, ...], c: Classification, shape: _Shape,
+                      budget: int | None, index: _Compiled) -> Candidate | None:
     """The model for content-filter refusals, only when it passes this request's hard constraints."""
-    if route.content_fallback is None:
-        return None
-    usable = [m for m in eligible if m.id == route.content_fallback or m.key == route.content_fallback]
+    usable = [o for o in eligible if o.content_fallback]
     if not usable:
         return None
-    m, score, own = _score(usable, c, weights, budget, policy, index, quality, frozenset())[0]
+    o, score, own = _score(usable, c, shape, budget, index, with_bonus=False)[0]
+    m = o.model
     return Candidate(m.id, m.provider, m.tier, round(score, 4), (*common, "content_fallback", *own), "fallback")
 
 
