@@ -17,7 +17,7 @@ import pytest
 from gateway.health import BreakerBoard, BreakerSettings
 from gateway.providers.errors import ErrorKind
 from gateway.state import STATE
-from tests.servers import Running, start_gateway, start_simulator
+from tests.servers import Running, start_gateway
 from tests.test_chaos import PRIMARY, Attempt, chat, clear_faults, gateway_config, key, queue_fault, request, route_plan
 
 A, B = "openai/gpt-4.1-mini", "anthropic/claude-haiku-4-5"

@@ -6,9 +6,11 @@ the other two providers as its fallbacks. A model-scoped directive `[[fault@MODE
 breaks the primary only, so each cell shows one failover path; a bare `[[fault:SPEC]]`
 breaks every candidate, so the client must get the right explicit error.
 
-Every cell asserts the client's result, the attempts in `x-gateway-attempts` (in order),
-and that the request ended within its latency budget. The cells share one simulator and
-one gateway (starting a gateway costs ~0.1 s of config validation); every cell starts with
+Every cell asserts the client's result, the attempts in `x-gateway-attempts` (in order,
+and for a stream continued mid-answer, the path it repeats before [DONE]), and that the
+request ended within its latency budget. The cells share one simulator and a few gateways
+(starting one costs ~0.1 s of config validation): the six cells of a fault run side by
+side in one lane per wire API, each lane a gateway of its own, and every cell starts with
 all circuit breakers closed, so a breaker opened by one cell never steers another.
 
 The helpers at the top are shared by the other failover test modules.
@@ -48,7 +50,9 @@ BUDGET_MS = 1500
 DEADLINE_MARGIN_S = 0.6  # event-loop and client overhead on a busy 2-core machine
 ANSWER_WORDS = 16  # the simulator's default answer length, one word per stream chunk
 TRAILER = b": x-gateway-attempts: "
-_ATTEMPT = re.compile(r"^(?P<provider>[a-z0-9-]+)/(?P<model>[^:]+):(?P<outcome>[a-z_]+)(?P<cont>\+cont)?:(?P<ms>\d+)ms$")
+_ATTEMPT = re.compile(
+    r"^(?P<provider>[a-z0-9-]+)/(?P<model>[^:]+):(?P<outcome>[a-z_]+)(?P<cont>\+cont)?:(?P<ms>\d+)ms$"
+)
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -426,18 +430,18 @@ async def _primary_fault_cell(gw: Running, fault: Fault, api: str, stream: bool)
 
 
 @pytest.mark.parametrize("where", ["refused", "blackhole"])
-async def test_unreachable_provider_fails_over(chaos_sim: Running, closed_port: int, blackhole: int, where: str) -> None:
+async def test_unreachable_provider_fails_over(
+    chaos_sim: Running, closed_port: int, blackhole: int, where: str
+) -> None:
     """Connect failures: a closed port refuses at once; a full listen queue times out.
 
     Each wire API in turn points at the dead address, in a gateway of its own."""
     port = closed_port if where == "refused" else blackhole
     outcome = "connection" if where == "refused" else "timeout"
-    gateways = {
-        api: await start_gateway(
-            chaos_sim.url, gateway_config(), **{PROVIDER_ENV[api]: f"http://127.0.0.1:{port}" + ("/v1" if api == "openai" else "")}
-        )
-        for api in PRIMARY
-    }
+    dead = {api: f"http://127.0.0.1:{port}" + ("/v1" if api == "openai" else "") for api in PRIMARY}
+    gateways = {}
+    for api in PRIMARY:
+        gateways[api] = await start_gateway(chaos_sim.url, gateway_config(), **{PROVIDER_ENV[api]: dead[api]})
 
     async def cell(gw: Running, api: str, stream: bool) -> None:
         prompt = "tell me about otters"
@@ -445,7 +449,8 @@ async def test_unreachable_provider_fails_over(chaos_sim: Running, closed_port: 
         reply = await chat(gw, request(PRIMARY[api], prompt, stream=stream))
         assert_within_deadline(reply)
         assert reply.status == 200
-        assert reply.attempts == [Attempt(key(api), outcome), Attempt(key(api), outcome), Attempt(plan[1], "ok")], reply.attempts
+        expected = [Attempt(key(api), outcome), Attempt(key(api), outcome), Attempt(plan[1], "ok")]
+        assert reply.attempts == expected, reply.attempts
         assert reply.headers["x-gateway-degraded"] == "fallback"
         if stream:
             assert_clean_stream(reply, full_answer(prompt))

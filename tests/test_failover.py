@@ -22,7 +22,6 @@ from tests.servers import Running, start_app, start_gateway, start_simulator
 from tests.test_chaos import (
     PRIMARY,
     Attempt,
-    assert_clean_stream,
     assert_error_body,
     assert_within_deadline,
     candidates,
@@ -129,7 +128,7 @@ async def test_a_json_body_that_stalls_after_the_headers_is_a_timeout_and_fails_
         await gw.stop()
         await stalling.stop()
     assert reply.status == 200
-    assert reply.attempts == [Attempt(key("openai"), "timeout"), Attempt(key("openai"), "timeout"), Attempt(plan[1], "ok")]
+    assert reply.attempts == [Attempt(key("openai"), "timeout")] * 2 + [Attempt(plan[1], "ok")]
     assert upstream.requests == 2
     assert reply.elapsed < 2.0, "two idle timeouts of 0.3 s, not the 4 s budget"
     assert reply.text == full_answer("tell me about otters")

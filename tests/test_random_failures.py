@@ -97,7 +97,7 @@ async def _one(session: aiohttp.ClientSession, gw: Running, i: int) -> tuple[str
             if events and events[-1] == b"[DONE]":
                 if errors:
                     return "bad", f"#{i}: an error event followed by [DONE]"
-                finishes = [ch.get("finish_reason") for c in chunks for ch in c.get("choices") or () if ch.get("finish_reason")]
+                finishes = [ch["finish_reason"] for c in chunks for ch in c.get("choices") or () if ch.get("finish_reason")]
                 # The ladder's reduced step lowers max_tokens: its answers end at the length limit.
                 if finishes != ["stop"] and not (degraded == "reduced" and finishes == ["length"]):
                     return "bad", f"#{i}: a stream ended with [DONE] but finish_reason {finishes}"
