@@ -45,10 +45,12 @@ async def climb(
             raise
         failure = failed
     if degradation.reduced is not None and deadline - asyncio.get_running_loop().time() > 0:
+        tried = len(attempts)
         try:
             return LadderResult(await attempt(reduced_body(body, degradation.reduced), attempts), "reduced", attempts)
         except AllAttemptsFailed as failed:
             if failed.error.kind not in AVAILABILITY_FAILURES:
                 raise
-            failure = failed
+            if len(attempts) > tried:  # a round with nothing left to try keeps the first round's cause
+                failure = failed
     return LadderResult(None, "static", attempts, failure)

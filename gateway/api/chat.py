@@ -114,6 +114,13 @@ def _prepare(request: web.Request, state: GatewayState, principal: Principal, bo
     )
 
 
+def _healthy(state: GatewayState, ex: Exchange) -> list[Deployment]:
+    """The plan's deployments whose breaker is not open now: the ladder's reduced round
+    must not retry a deployment that the first round just marked down."""
+    down = state.breakers.unavailable()
+    return [d for d in ex.deployments if d.key not in down] if down else ex.deployments
+
+
 def _all_breakers_open(ex: Exchange) -> web.StreamResponse:
     """Nothing the policy allows is healthy: the route's static step, without any attempt."""
     ex.degraded = "static"
@@ -198,7 +205,7 @@ async def _respond_json(state: GatewayState, ex: Exchange) -> web.Response:
 
     async def attempt(body: Mapping[str, Any], attempts: list[AttemptRecord]):  # type: ignore[no-untyped-def]
         return await forwarder.complete(
-            body, ex.deployments, ex.deadline, attempts=attempts, content_fallback=ex.content_fallback, may_try=covered
+            body, _healthy(state, ex), ex.deadline, attempts=attempts, content_fallback=ex.content_fallback, may_try=covered
         )
 
     result = await _climb(attempt, ex)
@@ -226,7 +233,7 @@ async def _respond_stream(request: web.Request, state: GatewayState, ex: Exchang
 
     async def attempt(body: Mapping[str, Any], attempts: list[AttemptRecord]) -> UpstreamStream:
         return await forwarder.open_stream(
-            body, ex.deployments, ex.deadline, attempts=attempts, content_fallback=ex.content_fallback, may_try=covered
+            body, _healthy(state, ex), ex.deadline, attempts=attempts, content_fallback=ex.content_fallback, may_try=covered
         )
 
     result = await _climb(attempt, ex)
