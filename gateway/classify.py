@@ -41,7 +41,7 @@ import json
 import math
 import re
 import string
-from bisect import bisect_left, bisect_right
+from collections import Counter
 from itertools import compress
 from operator import itemgetter
 from dataclasses import dataclass, field
@@ -141,17 +141,18 @@ BASE_SIGNALS = (
     "vision", "max_tokens", "questions", "numbers", "short_question", "numeric_question",
 )
 
-_FOLD = string.punctuation.encode() + b"\t\n\r\x0b\x0c"
-_NORMALIZE = bytes.maketrans(_FOLD, b" " * len(_FOLD))
+_FOLD = frozenset(string.punctuation.encode() + b"\t\n\r\x0b\x0c")
+_WORDS_FORM = bytes(b + 32 if 0x41 <= b <= 0x5A else 0x20 if b in _FOLD else b for b in range(256))
+_TYPOGRAPHIC_QUOTES = ("\u2019".encode(), "\u2018".encode())
 
 
-def _lower_bytes(raw: bytes, ascii_only: bool) -> bytes:
-    """ASCII lower-casing of UTF-8 text (other letters keep their case), typographic
-    apostrophes folded to "'": all keyword and marker matching reads this form."""
-    low = raw.lower()
+def _words_form(raw: bytes, ascii_only: bool) -> bytes:
+    """The form keywords are matched in: UTF-8, ASCII letters lower-cased (others keep their
+    case), punctuation, typographic apostrophes and whitespace as spaces, a space at each end."""
     if not ascii_only:
-        low = low.replace("\u2019".encode(), b"'").replace("\u2018".encode(), b"'")
-    return low
+        for quote in _TYPOGRAPHIC_QUOTES:
+            raw = raw.replace(quote, b" ")
+    return b" " + raw.translate(_WORDS_FORM) + b" "
 
 
 def _luhn(candidate: str) -> bool:
@@ -198,8 +199,9 @@ class _Detector:
 @dataclass(frozen=True)
 class _Markers:
     signals: tuple[str, ...]  # "marker.<name>", in count order
-    zero: tuple[int, ...]
-    patterns: tuple[bytes, ...]  # every marker substring, lower-cased UTF-8
+    zero: tuple[int, ...]  # one count per signal, then the count of "?" (the questions signal)
+    empty: tuple[int, ...]  # one zero per signal
+    patterns: tuple[bytes, ...]  # every marker substring as UTF-8, in lower, upper and title case
     signal_of: tuple[int, ...]  # pattern index -> signal index
     automaton: Any  # ahocorasick_rs.BytesAhoCorasick over `patterns`, or None without the package
 
@@ -209,14 +211,19 @@ def _compile_markers(raw: Mapping[str, list[str]]) -> _Markers:
     signal_of: list[int] = []
     for index, subs in enumerate(raw.values()):
         for sub in subs:
-            key = _lower_bytes(sub.encode(), sub.isascii())
-            if key not in patterns:
-                patterns.append(key)
-                signal_of.append(index)
+            # matched in the text as written, so in each case it is likely written in
+            for variant in (sub.lower(), sub.upper(), sub.title()):
+                key = variant.encode()
+                if key not in patterns:
+                    patterns.append(key)
+                    signal_of.append(index)
+    patterns.append(b"?")  # counted in the same pass, for the questions signal
+    signal_of.append(len(raw))
     automaton = None
-    if ahocorasick_rs is not None and patterns:
+    if ahocorasick_rs is not None:
         automaton = ahocorasick_rs.BytesAhoCorasick(patterns, implementation=ahocorasick_rs.Implementation.DFA)
-    return _Markers(tuple(f"marker.{name}" for name in raw), (0,) * len(raw), tuple(patterns), tuple(signal_of), automaton)
+    return _Markers(tuple(f"marker.{name}" for name in raw), (0,) * (len(raw) + 1), (0,) * len(raw),
+                    tuple(patterns), tuple(signal_of), automaton)
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: it keys the scan cache
@@ -228,7 +235,6 @@ class ClassifierRules:
     tail_chars: int
     context_weight: float
     focus_chars: int
-    material_weight: float
     exact_bands: tuple[tuple[float, float, int], ...]  # (low, high, window size), rising
     short_max_tokens: int
     numeric_max_tokens: int
@@ -305,7 +311,7 @@ def _bad(path: str, message: str) -> ValueError:
 def _term_key(term: Any, path: str) -> bytes:
     if not isinstance(term, str):
         raise _bad(path, f"keyword {term!r} is not a string (quote it in YAML)")
-    key = b" ".join(_lower_bytes(term.lower().encode(), term.isascii()).translate(_NORMALIZE).split())
+    key = b" ".join(_words_form(term.lower().encode(), term.isascii()).split())
     if not key:
         raise _bad(path, f"keyword {term!r} has no letters or digits")
     return key
@@ -427,7 +433,6 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
         tail_chars=raw["scan"]["tail_chars"],
         context_weight=float(raw["scan"]["context_weight"]),
         focus_chars=raw["scan"]["focus_chars"],
-        material_weight=float(raw["scan"]["material_weight"]),
         exact_bands=tuple(sorted((n * (1 - raw["tokens"]["exact_count_margin"]), n * (1 + raw["tokens"]["exact_count_margin"]), n)
                                  for n in raw["tokens"]["exact_count_near"])),
         short_max_tokens=sq["max_tokens"],
@@ -506,7 +511,6 @@ _CACHE_MAX_CHARS = 8192  # bounds the cache to ~2048 x 8 KB of text
 
 _Entries = tuple[tuple[int, float], ...]
 _FIRST = itemgetter(0)
-_THIRD = itemgetter(2)
 
 
 class _Scan(NamedTuple):
@@ -516,7 +520,6 @@ class _Scan(NamedTuple):
     digits: int
     has_run: bool  # holds a digit run as long as the shortest a PII detector needs
     hits: Mapping[bytes, _Entries]  # " term " -> (slot, weight) pairs, in the instruction zones
-    material: Mapping[bytes, _Entries]  # terms found only between the instruction zones
     first_word: bytes
     numbers: int
     questions: int
@@ -556,71 +559,62 @@ def _find_terms(segment: bytes, rules: ClassifierRules) -> set[int]:
     return found
 
 
-def _keyword_hits(low: bytes, rules: ClassifierRules) -> tuple[dict[bytes, _Entries], dict[bytes, _Entries], bytes]:
-    """Terms found in `low` (lower-cased, starting with a newline), as " term " -> entries:
-    those in the instruction zones (the first and last scan.focus_chars) and those only in
-    the material between them.
+def _keyword_hits(padded: bytes, rules: ClassifierRules) -> dict[bytes, _Entries]:
+    """Terms found in `padded` (the _words_form of a text), as " term " -> (slot, weight) pairs.
 
     A term matches whole words: punctuation counts as a space, and the words of a phrase
     must be separated by a single space or punctuation mark.
     """
-    padded = low.translate(_NORMALIZE) + b" "
-    focus = rules.focus_chars
-    split = len(padded) > 3 * focus
     if rules.automaton is not None:
-        matches = rules.automaton.find_matches_as_indexes(padded, overlapping=True)
-        if split:  # matches come in the order of their ends: cut the list at the zone edges
-            ends = list(map(_THIRD, matches))
-            head, tail = bisect_right(ends, focus), bisect_left(ends, len(padded) - focus)
-            found = set(map(_FIRST, matches[:head])) | set(map(_FIRST, matches[tail:]))
-            material = set(map(_FIRST, matches[head:tail])) - found
-        else:
-            found, material = set(map(_FIRST, matches)), set()
-    elif split:  # cut at spaces, each segment keeping the space at its edges
-        head_end = max(padded.rfind(b" ", 0, focus), 0)
-        tail_start = padded.find(b" ", len(padded) - focus)
-        found = _find_terms(padded[: head_end + 1], rules) | _find_terms(padded[tail_start:], rules)
-        material = _find_terms(padded[head_end : tail_start + 1], rules) - found
+        found = set(map(_FIRST, rules.automaton.find_matches_as_indexes(padded, overlapping=True)))
     else:
-        found, material = _find_terms(padded, rules), set()
-    items = rules.term_items
+        found = _find_terms(padded, rules)
     # sorted, so weights add up in one order whatever the hash seed (a tie stays a tie)
-    return (dict(map(items.__getitem__, sorted(found))),
-            dict(map(items.__getitem__, sorted(material))) if material else {}, padded)
+    return dict(map(rules.term_items.__getitem__, sorted(found)))
 
 
 def _count_markers(scan: bytes, markers: _Markers) -> tuple[int, ...]:
-    """Marker counts in `scan` (lower-cased bytes starting with a newline): every occurrence
-    of every marker, so "x^2" counts for both "x^" and "^2"."""
-    counts = list(markers.zero)
+    """Marker counts in `scan` (UTF-8 starting with a newline): every occurrence of every
+    marker, so "x^2" counts for both "x^" and "^2"."""
     signal_of = markers.signal_of
     if markers.automaton is not None:
-        for i in map(_FIRST, markers.automaton.find_matches_as_indexes(scan, overlapping=True)):
+        found = markers.automaton.find_matches_as_indexes(scan, overlapping=True)
+        if not found:
+            return markers.zero
+        if len(found) > 24:  # code: counting in C pays for the Counter's own cost
+            tally = Counter(map(signal_of.__getitem__, map(_FIRST, found)))
+            return tuple(map(tally.__getitem__, range(len(markers.zero))))
+        counts = list(markers.zero)
+        for i in map(_FIRST, found):
             counts[signal_of[i]] += 1
-    else:  # the same, except that a marker overlapping itself ("==" in "===") counts once
-        for i, pattern in enumerate(markers.patterns):
-            counts[signal_of[i]] += scan.count(pattern)
+        return tuple(counts)
+    counts = list(markers.zero)  # the same, except that a marker overlapping itself ("==" in "===") counts once
+    for i, pattern in enumerate(markers.patterns):
+        counts[signal_of[i]] += scan.count(pattern)
     return tuple(counts)
 
 
 def _scan(text: str, rules: ClassifierRules, read_words: bool) -> _Scan:
     raw = text.encode("utf-8")
     tokens, digits, numbers = estimate_encoded(raw, len(text))
-    # a run of digits and separators long enough for a card, phone or ID number? Asked
-    # only of text with that many digits at all
+    # Might the text hold a run of digits and separators long enough for a card, phone or
+    # ID number? Asked only of text with that many digits at all.
     has_run = digits >= rules.digit_run_min_digits and rules.digit_run_regex.search(raw.translate(rules.digit_run_probe)) is not None
     if not read_words or not text:
-        return _Scan(tokens, digits, has_run, {}, {}, b"", 0, 0, rules.markers.zero)
+        return _Scan(tokens, digits, has_run, {}, b"", 0, 0, rules.markers.empty)
     ascii_only = len(raw) == len(text)
+    # Keywords are read in the instruction zones: the first and last focus_chars of a
+    # message (all of a short one); what lies between is usually pasted material.
+    focus = rules.focus_chars
+    zones = raw if len(text) <= 3 * focus else (text[:focus] + "\n" + text[len(text) - focus :]).encode("utf-8")
+    words = _words_form(zones, ascii_only)
+    hits = _keyword_hits(words, rules)
+    first = words.split(None, 1)
+    # Markers (structure: code, lists, math) are read further in, up to head/tail_chars.
     if len(text) > rules.head_chars + rules.tail_chars:
-        # Instructions sit at the start or the end of a long prompt; the middle is usually
-        # pasted material, which keyword and marker signals need not read.
         raw = (text[: rules.head_chars] + "\n" + text[len(text) - rules.tail_chars :]).encode("utf-8")
-    low = b"\n" + _lower_bytes(raw, ascii_only)
-    hits, material, norm = _keyword_hits(low, rules)
-    first = norm.split(None, 1)
-    return _Scan(tokens, digits, has_run, hits, material, first[0] if first else b"", numbers,
-                 low.count(b"?"), _count_markers(low, rules.markers))
+    counts = _count_markers(b"\n" + raw, rules.markers)
+    return _Scan(tokens, digits, has_run, hits, first[0] if first else b"", numbers, counts[-1], counts[:-1])
 
 
 # System prompts and earlier turns come back with every request of an app or a
@@ -851,31 +845,22 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
             tokens_context += scan.tokens
         if read_words and scan.hits:
             context_hits.update(scan.hits)
-            if scan.material:
-                context_hits.update(scan.material)
         if read_words and any(scan.markers):
             markers = [a + b for a, b in zip(markers, scan.markers)]
     tokens_current = current.tokens
     tokens_total = _REPLY_PRIMING + _PER_MESSAGE * len(texts) + tokens_current + tokens_system + tokens_context
 
-    # Keywords: the instruction zones of the last user message count fully, the material
-    # between them at material_weight, the context at context_weight; a term counts once,
-    # where it weighs the most.
+    # Keywords: the last user message counts fully, its context at context_weight; a term
+    # found in both counts once.
     slots = [0.0] * rules.slot_count
     for entry in hits.values():
         for slot, weight in entry:
             slots[slot] += weight
     revision_score = slots[rules.revision_slot]
-    material = current.material
-    if material:
-        mw = rules.material_weight
-        for entry in material.values():
-            for slot, weight in entry:
-                slots[slot] += mw * weight
     if context_hits:
         cw = rules.context_weight
         for key, entry in context_hits.items():
-            if key not in hits and key not in material:
+            if key not in hits:
                 for slot, weight in entry:
                     slots[slot] += cw * weight
 
@@ -920,7 +905,7 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
         if best_score >= rules.intent_min_score:
             intent = rules.intents[best_index]
             later["intent"] = functools.partial(_intent_reason, rules, best_index, best_score, hits,
-                                                {**material, **context_hits}, values)
+                                                context_hits, values)
         else:
             intent = rules.default_intent
             later["intent"] = functools.partial(_default_intent_reason, rules, best_index, best_score)
