@@ -15,23 +15,44 @@ CounterKey = tuple[str, str, str]  # scope key, window spec, bucket id
 
 @dataclass(slots=True)
 class Rolling:
-    """Named counts in the live slots of one rolling window, with running totals."""
+    """Named counts in the live slots of one rolling window, with running totals.
+
+    Rolling forward costs nothing until the oldest slot leaves the window, so reading a
+    window is O(1) amortized: each slot is dropped once.
+    """
 
     window_s: int
     slots: dict[int, dict[str, int]] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
+    slot_s: int = field(init=False)  # seconds per slot
+    span: int = field(init=False)  # slots in the window
+    oldest: int | None = field(init=False, default=None)  # the lowest slot index held
+
+    def __post_init__(self) -> None:
+        self.slot_s = slot_seconds(self.window_s)
+        self.span = slot_count(self.window_s)
+
+    def slot_of(self, now: float) -> int:
+        return int(now // self.slot_s)  # = slot_index(now, window_s)
 
     def roll(self, now: float) -> None:
-        cutoff = slot_index(now, self.window_s) - slot_count(self.window_s)
+        cutoff = int(now // self.slot_s) - self.span
+        if self.oldest is None or self.oldest > cutoff:
+            return
         for index in [i for i in self.slots if i <= cutoff]:
             for name, value in self.slots.pop(index).items():
                 self.totals[name] = self.totals.get(name, 0) - value
+        self.oldest = min(self.slots, default=None)
 
     def is_live(self, index: int, now: float) -> bool:
-        return index > slot_index(now, self.window_s) - slot_count(self.window_s)
+        return index > int(now // self.slot_s) - self.span
 
     def add(self, index: int, name: str, amount: int) -> None:
-        slot = self.slots.setdefault(index, {})
+        slot = self.slots.get(index)
+        if slot is None:
+            slot = self.slots[index] = {}
+            if self.oldest is None or index < self.oldest:
+                self.oldest = index
         slot[name] = slot.get(name, 0) + amount
         self.totals[name] = self.totals.get(name, 0) + amount
 
@@ -48,6 +69,7 @@ class Rolling:
     def clear(self) -> None:
         self.slots.clear()
         self.totals.clear()
+        self.oldest = None
 
 
 @dataclass(slots=True)
@@ -72,7 +94,7 @@ class SpendCounter:
 
     def charge(self, amount: int, now: float) -> None:
         if self.rolling is not None:
-            self.rolling.add(slot_index(now, self.window.seconds), "spent", amount)
+            self.rolling.add(self.rolling.slot_of(now), "spent", amount)
         else:
             self.spent += amount
 
@@ -95,9 +117,25 @@ class Ledger:
         self.spend: dict[CounterKey, SpendCounter] = {}
         self.cells: dict[tuple[str, str], float] = {}  # (scope key, "rpm"|"tpm") -> GCRA TAT
         self.shares: dict[tuple[str, int], Rolling] = {}  # (scope key, window_s) -> counts by tier and "n"
+        # The current calendar bucket per window kind: (starts at, ends at, bucket id), so the
+        # id is not worked out from a datetime on every counter lookup.
+        self._calendar: dict[str, tuple[float, float, str]] = {}
+
+    def bucket(self, window: Window, now: float) -> str:
+        """`window.bucket(now)`, remembered for the rest of the calendar bucket."""
+        if window.kind == "rolling":
+            return "r"
+        span = self._calendar.get(window.kind)
+        if span is not None and span[0] <= now < span[1]:
+            return span[2]
+        bucket = window.bucket(now)
+        # Kept a millisecond clear of the bucket's edges, where datetime's rounding to whole
+        # microseconds could put `now` in the neighbouring bucket.
+        self._calendar[window.kind] = (window.starts_at(now) + 0.001, window.resets_at(now) - 0.001, bucket)
+        return bucket
 
     def counter(self, scope_key: str, window: Window, now: float) -> tuple[CounterKey, SpendCounter]:
-        key = (scope_key, window.spec, window.bucket(now))
+        key = (scope_key, window.spec, self.bucket(window, now))
         found = self.spend.get(key)
         if found is None:
             rolling = Rolling(window.seconds) if window.kind == "rolling" else None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 RATE_PERIOD_S = 60.0
 ROLLING_SLOTS = 60
@@ -66,6 +67,15 @@ class Window:
             return f"m{moment.year * 12 + moment.month - 1}"
         return "r"
 
+    def starts_at(self, now: float) -> float:
+        """When the calendar bucket of `now` began (rolling windows: `now - seconds`)."""
+        if self.kind == "day":
+            return float(int(now // _DAY) * _DAY)
+        if self.kind == "month":
+            moment = datetime.fromtimestamp(now, timezone.utc)
+            return datetime(moment.year, moment.month, 1, tzinfo=timezone.utc).timestamp()
+        return now - self.seconds
+
     def resets_at(self, now: float) -> float:
         """When the calendar bucket of `now` ends (rolling windows: see `rolling_drop_time`)."""
         if self.kind == "day":
@@ -98,8 +108,10 @@ def slot_drop_time(index: int, window_s: int) -> float:
     return float((index + slot_count(window_s)) * slot_seconds(window_s))
 
 
-@dataclass(frozen=True, slots=True)
-class GcraResult:
+class GcraResult(NamedTuple):
+    """A tuple rather than a frozen dataclass: several are made per admission, and a tuple
+    is built at a third of the cost."""
+
     allowed: bool
     tat: float  # the new theoretical arrival time if allowed, else the unchanged one
     retry_after_s: float  # 0 when allowed
