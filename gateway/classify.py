@@ -596,10 +596,15 @@ def _count_markers(scan: bytes, markers: _Markers) -> tuple[int, ...]:
 
 def _scan(text: str, rules: ClassifierRules, read_words: bool) -> _Scan:
     raw = text.encode("utf-8")
-    tokens, digits, numbers = estimate_encoded(raw, len(text))
+    tokens, digits, numbers, classes = estimate_encoded(raw, len(text))
     # Might the text hold a run of digits and separators long enough for a card, phone or
-    # ID number? Asked only of text with that many digits at all.
-    has_run = digits >= rules.digit_run_min_digits and rules.digit_run_regex.search(raw.translate(rules.digit_run_probe)) is not None
+    # ID number? Only if it has that many digits, and two pairs of digits at most one
+    # character apart (every such number has them), looked up in the estimate's classes.
+    has_run = (
+        digits >= rules.digit_run_min_digits
+        and (b"0000" in classes or b"00!00" in classes or b"00 00" in classes)
+        and rules.digit_run_regex.search(raw.translate(rules.digit_run_probe)) is not None
+    )
     if not read_words or not text:
         return _Scan(tokens, digits, has_run, {}, b"", 0, 0, rules.markers.empty)
     ascii_only = len(raw) == len(text)
@@ -885,8 +890,23 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
     values += slots[rules.kw_slot_offset : rules.risk_slot_offset]
     values += markers
 
+    # One pass over the nonzero signals feeds both the intent scores and the complexity
+    # features (a logistic score over weighted, capped signals).
     active = rules.active_signals
-    nonzero = [(index, values[index]) for index in compress(active, map(values.__getitem__, active))]
+    scores = slots[: rules.kw_slot_offset]
+    intents_by_signal = rules.intents_by_signal
+    features_by_signal = rules.features_by_signal
+    log1p = math.log1p
+    z = rules.bias
+    contributions: list[tuple[float, str]] = []
+    for index in compress(active, map(values.__getitem__, active)):
+        value = values[index]
+        for i, weight in intents_by_signal[index]:
+            scores[i] += weight if value >= 1 else weight * value
+        for cap, scale, is_log, name in features_by_signal[index]:
+            c = scale * (log1p(value if value < cap else cap) if is_log else (value if value < cap else cap))
+            z += c
+            contributions.append((c, name))
 
     # Intent: the best keyword + signal score, else the default (ties: the earlier intent).
     reasons: dict[str, str] = {}
@@ -895,11 +915,6 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
         intent = hints.task
         reasons["intent"] = f"hint {hints.task_param}"
     else:
-        scores = slots[: rules.kw_slot_offset]
-        intents_by_signal = rules.intents_by_signal
-        for index, value in nonzero:
-            for i, weight in intents_by_signal[index]:
-                scores[i] += weight if value >= 1 else weight * value
         best_index = max(rules.intent_range, key=scores.__getitem__)
         best_score = scores[best_index]
         if best_score >= rules.intent_min_score:
@@ -909,18 +924,9 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
         else:
             intent = rules.default_intent
             later["intent"] = functools.partial(_default_intent_reason, rules, best_index, best_score)
-
-    # Complexity: a logistic score over weighted, capped signals.
     prior = rules.intent_priors.get(intent, 0.0)
-    z = rules.bias + prior
-    contributions = [(prior, "intent " + intent)]
-    features_by_signal = rules.features_by_signal
-    log1p = math.log1p
-    for index, value in nonzero:
-        for cap, scale, is_log, name in features_by_signal[index]:
-            c = scale * (log1p(value if value < cap else cap) if is_log else (value if value < cap else cap))
-            z += c
-            contributions.append((c, name))
+    z += prior
+    contributions.append((prior, "intent " + intent))
     score = 1.0 / (1.0 + math.exp(-z))
     tier = TIERS[0]
     for name, bound in rules.tier_bounds:

@@ -65,14 +65,16 @@ def estimate_tokens(text: str) -> int:
     return estimate_encoded(text.encode("utf-8"), len(text))[0]
 
 
-def estimate_encoded(raw: bytes, chars: int) -> tuple[int, int, int]:
-    """For UTF-8 text of `chars` characters: (token estimate, ASCII digits, numbers).
+def estimate_encoded(raw: bytes, chars: int) -> tuple[int, int, int, bytes]:
+    """For UTF-8 text of `chars` characters: (token estimate, ASCII digits, numbers, classes).
 
-    One translate pass; `numbers` counts runs of digits (a decimal point or a thousands
-    separator splits a number in two, as the tokenizer does).
+    One translate pass. `numbers` counts runs of digits (a decimal point or a thousands
+    separator splits a number in two, as the tokenizer does). `classes` is that pass's
+    result, the text without its letters: "0" per digit, "!" per ASCII punctuation mark,
+    " " per whitespace character; callers may test it further.
     """
     if not raw:
-        return 0, 0, 0
+        return 0, 0, 0, b""
     kept = raw.translate(_CLASS_OF, _DROP)
     digits = kept.count(b"0")
     numbers = 0
@@ -88,7 +90,7 @@ def estimate_encoded(raw: bytes, chars: int) -> tuple[int, int, int]:
         + _PER_PUNCT * (len(kept) - whitespace - digits)
         + _PER_EXTRA_UTF8_BYTE * (len(raw) - chars)
     )
-    return max(1, round(estimate)), digits, numbers
+    return max(1, round(estimate)), digits, numbers, kept
 
 
 def _get_encoding() -> tiktoken.Encoding:
