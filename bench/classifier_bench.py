@@ -305,6 +305,17 @@ def _eval_texts(data: Path) -> dict[str, list[str]]:
         rows = list(csv.reader(f))[1:]
     sets["GSM8K prompts"] = [r[0] for r in rows]
     sets["GSM8K model answers"] = [r[3] for r in rows] + [r[4] for r in rows]
+    answers = []
+    with open(data / "mt_bench_judgements.jsonl", encoding="utf-8") as f:
+        for line in f:
+            judged = json.loads(line)
+            if judged["turn"] == 2:  # its transcript holds the model's answer to turn 1
+                text = judged["user_prompt"]
+                start = text.find("### Assistant A:\n")
+                end = text.find("\n\n### User:\n", start)
+                if start >= 0 and end > start:
+                    answers.append(text[start + len("### Assistant A:\n") : end].strip())
+    sets["MT-Bench model answers"] = answers
     return sets
 
 

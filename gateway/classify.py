@@ -23,14 +23,16 @@ a client must not be able to send detected PII to a lane that is not cleared for
 An invalid value raises `HintError(param, message)`, `param` naming the header or
 `metadata.<key>`, for the HTTP layer to answer 400.
 
-Speed (budget: 50 µs median for a 500-token request; `python bench/classifier_bench.py`):
-a handful of C-level passes over the last user message (encode, one translate for the
-token estimate, lower-casing, one Aho-Corasick pass for all keywords and one for all
-markers); scans of the system prompt and earlier turns are cached, since they come back
-with every request of a conversation; PII regexes run only behind C-level prefilters
-(digit count, a required substring, a long enough run of digits) and then only over the
-digit runs; exact tokenization only near a context-window size (tokens.exact_count_near);
-the costlier reasons are formatted when first read.
+Speed (budget: 50 µs median for a 500-token request; `python bench/classifier_bench.py`).
+Per message a handful of C-level passes: encode, one translate for the token estimate, one
+Aho-Corasick pass for all keywords over the instruction zones (the first and last
+scan.focus_chars), one for all markers and "?" over a bounded clip. Scans of the system
+prompt and earlier turns are cached: they come back with every request of a conversation.
+PII regexes run only behind C-level prefilters (digit count, a required substring, a long
+enough digit run) and then only over the digit runs; exact tokenization only near a
+context-window size (tokens.exact_count_near); the costlier reasons are formatted when first
+read. The `ahocorasick-rs` package provides the automata; without it a slower word-split
+path gives the same keyword results.
 """
 
 from __future__ import annotations
@@ -272,7 +274,7 @@ class ClassifierRules:
     revision_min: float
     bias: float
     tier_bounds: tuple[tuple[str, float], ...]  # highest first
-    detectors: tuple[_Detector, ...]
+    detectors: tuple[_Detector, ...]  # fewest min_digits first
     # A digit run: digits and separators, starting and ending with a digit. Found in the
     # text's probe (a digit -> "0", a separator -> "1", anything else -> space), where the
     # regex engine only stops at digits.
@@ -469,7 +471,7 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
         revision_min=float(rev["min_score"]),
         bias=float(raw["complexity"]["bias"]),
         tier_bounds=tuple((t, float(tiers[t])) for t in reversed(TIERS[1:])),
-        detectors=tuple(detectors),
+        detectors=tuple(sorted(detectors, key=lambda d: d.min_digits)),
         digit_run_probe=bytes(0x30 if 0x30 <= b <= 0x39 else 0x31 if b in separators else 0x20 for b in range(256)),
         # a run starts with two digits (cards, phones, IDs all do): the "00" prefix lets the
         # regex engine jump between places where two digits meet
@@ -594,7 +596,10 @@ def _count_markers(scan: bytes, markers: _Markers) -> tuple[int, ...]:
     return tuple(counts)
 
 
-def _scan(text: str, rules: ClassifierRules, read_words: bool) -> _Scan:
+def _scan(text: str, rules: ClassifierRules, read_words: bool, zones: bool = False) -> _Scan:
+    """Read one message: token estimate and digits always; keywords and markers when
+    `read_words`. With `zones` (the last user message) keywords are read in its instruction
+    zones only; a system prompt or an earlier turn is read up to head/tail_chars like markers."""
     raw = text.encode("utf-8")
     tokens, digits, numbers, classes = estimate_encoded(raw, len(text))
     # Might the text hold a run of digits and separators long enough for a card, phone or
@@ -608,17 +613,18 @@ def _scan(text: str, rules: ClassifierRules, read_words: bool) -> _Scan:
     if not read_words or not text:
         return _Scan(tokens, digits, has_run, {}, b"", 0, 0, rules.markers.empty)
     ascii_only = len(raw) == len(text)
-    # Keywords are read in the instruction zones: the first and last focus_chars of a
-    # message (all of a short one); what lies between is usually pasted material.
-    focus = rules.focus_chars
-    zones = raw if len(text) <= 3 * focus else (text[:focus] + "\n" + text[len(text) - focus :]).encode("utf-8")
-    words = _words_form(zones, ascii_only)
-    hits = _keyword_hits(words, rules)
-    first = words.split(None, 1)
-    # Markers (structure: code, lists, math) are read further in, up to head/tail_chars.
+    # Markers (structure: code, lists, math) are read up to head/tail_chars.
     if len(text) > rules.head_chars + rules.tail_chars:
         raw = (text[: rules.head_chars] + "\n" + text[len(text) - rules.tail_chars :]).encode("utf-8")
     counts = _count_markers(b"\n" + raw, rules.markers)
+    # Keywords of the question are read in its instruction zones: the first and last
+    # focus_chars (all of a short message); what lies between is usually pasted material.
+    focus = rules.focus_chars
+    if zones and len(text) > 3 * focus:
+        raw = (text[:focus] + "\n" + text[len(text) - focus :]).encode("utf-8")
+    words = _words_form(raw, ascii_only)
+    hits = _keyword_hits(words, rules)
+    first = words.split(None, 1)
     return _Scan(tokens, digits, has_run, hits, first[0] if first else b"", numbers, counts[-1], counts[:-1])
 
 
@@ -732,7 +738,7 @@ def _risk(texts: list[str], digits: int, has_run: bool, slots: list[float], hint
     longest = 0
     for det in rules.detectors:
         if digits < det.min_digits:
-            continue
+            break  # the rest need even more digits
         if det.substring is not None:
             for text in texts:
                 if det.substring in text:
@@ -829,7 +835,7 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
         roles.append(role)
         texts.append(text)
 
-    current = _scan(texts[last_user], rules, True) if last_user >= 0 else _scan("", rules, False)
+    current = _scan(texts[last_user], rules, True, zones=True) if last_user >= 0 else _scan("", rules, False)
     hits = current.hits
     markers = list(current.markers)
     digits_total = current.digits

@@ -117,6 +117,10 @@ PII_CASES = [
     ("Contact jane.doe@example.com about the invoice.", "email", "medium"),
     ("Call me at (415) 555-0132 after lunch.", "phone", "medium"),
     ("The year 2024 had 366 days and 12 months; 1,234,567 people came.", None, "low"),
+    ("Our London office: +44 20 7946 0958.", "phone", "medium"),
+    ("Her National Insurance number is AB 12 34 56 C.", "uk_nino", "high"),
+    ("@dataclass\nclass Order:\n    id: str  # see docs@internal", None, "low"),
+    ("Shipped 2024-01-15, parcel 10002345, invoice INV-2291.", None, "low"),
 ]
 
 
