@@ -355,7 +355,7 @@ def _build_shape(index: _Compiled, route: Route, settings: Tenant, requested_mod
         elif req_floor is not None and (m.tier_rank < req_floor.tier_rank or q < req_floor_q):
             late = Rejection(m.id, m.provider, f"below_requested:{requested_model}")
         # The complexity need is soft: a tenant limited to small models still gets an answer.
-        strong = (need_applies and q >= need.quality_floor and m.tier_rank >= min_rank) or pinned_here  # type: ignore[union-attr]
+        strong = pinned_here or (need is not None and q >= need.quality_floor and m.tier_rank >= min_rank)
         too_long, too_much_output, breaker_open = index.fit_rejections[m.key]
         options.append(_Option(
             model=m,

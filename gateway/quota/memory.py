@@ -20,7 +20,7 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
 from .admission import Limits, cap_message, limits_from_fields, rate_message, share_message
 from .base import (
@@ -62,6 +62,8 @@ Tightest = tuple[int, int, float] | None  # the most restrictive rpm or tpm: lim
 # Slack in the share comparison, the same as AdmissionBuilder's and lua/admit.lua's.
 _SHARE_EPSILON = 1e-9
 _MAX_TABLES = 4096  # resolved scope sets kept; the oldest goes first
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,7 +526,7 @@ class MemoryQuotaStore:
         return None
 
 
-def _remember(cache: dict, key: object, value: object) -> None:  # type: ignore[type-arg]
+def _remember(cache: dict[_K, _V], key: _K, value: _V) -> None:
     if len(cache) >= _MAX_TABLES:
         cache.pop(next(iter(cache)))
     cache[key] = value
