@@ -658,6 +658,7 @@ class _Hints:
 
 
 _NO_HINTS = _Hints()
+_NONE: frozenset[str] = frozenset()
 
 
 def _read_hint(headers: Mapping[str, str], metadata: Mapping[str, Any] | None, header: str, key: str) -> tuple[Any, str]:
@@ -739,6 +740,8 @@ def _risk(texts: list[str], digits: int, has_run: bool, slots: list[float], hint
     for det in rules.detectors:
         if digits < det.min_digits:
             break  # the rest need even more digits
+        if det.run and not has_run:
+            continue
         if det.substring is not None:
             for text in texts:
                 if det.substring in text:
@@ -748,8 +751,6 @@ def _risk(texts: list[str], digits: int, has_run: bool, slots: list[float], hint
         if not all_text:
             all_text = "\n".join(texts)
         if det.run:
-            if not has_run:
-                continue
             if runs is None:
                 runs = _digit_runs(all_text, rules)
                 longest = max(map(len, runs), default=0)
@@ -774,7 +775,9 @@ def _risk(texts: list[str], digits: int, has_run: bool, slots: list[float], hint
     if hints.risk is not None and hints.risk > level:
         level = hints.risk
         why.append(f"raised by hint {hints.risk_param}")
-    return level, frozenset(pii), "; ".join(why) or "no PII or sensitive wording found"
+    if not why:
+        return 0, _NONE, "no PII or sensitive wording found"
+    return level, frozenset(pii), "; ".join(why)
 
 
 # --- classify --------------------------------------------------------------------------------
