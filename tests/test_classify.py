@@ -266,6 +266,9 @@ def broken(edit) -> dict[str, Any]:
     (lambda r: r["keyword_groups"]["analysis"].update({"...": 1}), "keyword_groups.analysis"),
     (lambda r: r["scan"].update(context_weight="half"), "scan.context_weight"),
     (lambda r: r["hints"]["objective_aliases"].update(cheap="free"), "hints.objective_aliases.cheap"),
+    (lambda r: r["risk"]["detectors"]["phone"]["requires"].pop("run"), "risk.detectors.phone.requires.run"),
+    (lambda r: r["markers"].update(code_fence=[]), "markers.code_fence"),
+    (lambda r: r.update(extra=1), "(root)"),
 ])
 def test_compile_rules_names_the_broken_path(edit, path: str) -> None:
     with pytest.raises(ValueError) as info:
