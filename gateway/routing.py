@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 from gateway.classify import Classification
 
 from .catalog import PRIVACY_RANK, PRIVACY_TIERS, TIER_RANK, Catalog, Model
@@ -177,8 +177,8 @@ class _Filtered:
     """The hard constraints and the complexity need applied: who is left, who was rejected."""
 
     rejected: tuple[Rejection, ...]  # catalog order, then the models below the need
-    eligible: list[_Option]  # passed the hard constraints and, unless relaxed, the need
-    hard_eligible: list[_Option]  # passed the hard constraints
+    eligible: tuple[_Option, ...]  # passed the hard constraints and, unless relaxed, the need
+    hard_eligible: tuple[_Option, ...]  # passed the hard constraints
     relaxed: bool  # nothing met the need, so it was waived
 
 
@@ -509,7 +509,7 @@ def _filter(shape: _Shape, window_need: int, out_tokens: int, unavailable: froze
         elif len(strong) < len(eligible):
             rejected.extend(o.below_need for o in eligible if o.below_need is not None)
             eligible = strong
-    return _Filtered(tuple(rejected), eligible, hard_eligible, relaxed)
+    return _Filtered(tuple(rejected), tuple(eligible), tuple(hard_eligible), relaxed)
 
 
 def _best_first(t: tuple[_Option, float, tuple[str, ...]]) -> tuple[float, int]:
@@ -517,7 +517,7 @@ def _best_first(t: tuple[_Option, float, tuple[str, ...]]) -> tuple[float, int]:
     return -t[1], t[0].tie
 
 
-def _score(options: list[_Option], c: Classification, shape: _Shape, budget: int | None, index: _Compiled,
+def _score(options: Sequence[_Option], c: Classification, shape: _Shape, budget: int | None, index: _Compiled,
            with_bonus: bool) -> Scored:
     s = index.policy.scoring
     w_cost, log1p, log_span = shape.weights.cost, math.log1p, _LOG_COST_SPAN
@@ -553,20 +553,29 @@ def _score(options: list[_Option], c: Classification, shape: _Shape, budget: int
 def _order(scored: Scored, route: Route, pinned: bool, count: int) -> Scored:
     """The first `count` of: primary, the same model elsewhere, the fallback tier (default:
     the next tier down), the rest."""
-    primary = next((t for t in scored if t[0].requested), scored[0]) if pinned else scored[0]
+    primary = scored[0]
+    if pinned:
+        for t in scored:
+            if t[0].requested:
+                primary = t
+                break
     model = primary[0].model
     ordered = [primary]
     rest: Scored = []
+    below: int | None = None  # the highest tier under the primary's
     for t in scored:
-        if t is not primary:
-            (ordered if t[0].model.id == model.id else rest).append(t)
+        if t is primary:
+            continue
+        m = t[0].model
+        if m.id == model.id:
+            ordered.append(t)
+        else:
+            rest.append(t)
+            if m.tier_rank < model.tier_rank and (below is None or m.tier_rank > below):
+                below = m.tier_rank
     if len(ordered) >= count or not rest:
         return ordered[:count]
-    if route.fallback_tier is not None:
-        target: int | None = TIER_RANK[route.fallback_tier]
-    else:
-        lower = [rank for t in rest if (rank := t[0].model.tier_rank) < model.tier_rank]
-        target = max(lower) if lower else None
+    target = TIER_RANK[route.fallback_tier] if route.fallback_tier is not None else below
     ordered += [t for t in rest if t[0].model.tier_rank == target]
     if len(ordered) < count:
         ordered += [t for t in rest if t[0].model.tier_rank != target]
@@ -582,7 +591,7 @@ def _fallback_reason(o: _Option, primary: Model) -> str:
     return "fallback:score"
 
 
-def _content_fallback(eligible: list[_Option], common: tuple[str, ...], c: Classification, shape: _Shape,
+def _content_fallback(eligible: Sequence[_Option], common: tuple[str, ...], c: Classification, shape: _Shape,
                       budget: int | None, index: _Compiled) -> Candidate | None:
     """The model for content-filter refusals, only when it passes this request's hard constraints."""
     usable = [o for o in eligible if o.content_fallback]
