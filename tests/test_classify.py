@@ -378,3 +378,27 @@ def test_card_number_in_tool_call_arguments_is_found(rules: ClassifierRules) -> 
         {"role": "tool", "tool_call_id": "c1", "content": "ok"}, user("Thanks!"))
     c = classify(request, {}, rules)
     assert "payment_card" in c.pii and c.risk == "high"
+
+
+def test_any_text_gets_valid_labels(rules: ClassifierRules) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from gateway.classify import FORMATS, LATENCY_CLASSES, RISKS, TIERS
+
+    message = st.fixed_dictionaries({
+        "role": st.sampled_from(["system", "developer", "user", "assistant", "tool"]),
+        "content": st.one_of(st.none(), st.text(max_size=1500),
+                             st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=500)}), max_size=3)),
+    })
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(message, max_size=6))
+    def check(messages: list[dict[str, Any]]) -> None:
+        c = classify(body(*messages), {}, rules)
+        assert c.tier in TIERS and c.risk in RISKS and c.format in FORMATS and c.latency_class in LATENCY_CLASSES
+        assert 0.0 <= c.score <= 1.0 and c.input_tokens >= 3 and c.output_tokens >= 1
+        assert c.intent in rules.intents
+        assert dict(c.reasons)  # every reason formats
+
+    check()
