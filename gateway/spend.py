@@ -9,6 +9,7 @@ the forward loop ends up calling.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 from .catalog import Catalog
@@ -49,11 +50,11 @@ def admission_request(
     return AdmissionRequest(request_id, scopes, candidates, ttl_s=float(limits.reservation_ttl_s))
 
 
-def request_scopes(tenant: str, team: str | None, key_id: str, route: str) -> list[Scope]:
-    scopes = [Scope("tenant", tenant), Scope("key", key_id), Scope("route", route)]
-    if team:
-        scopes.append(Scope("team", team))
-    return scopes
+@lru_cache(maxsize=4096)
+def request_scopes(tenant: str, team: str | None, key_id: str, route: str) -> tuple[Scope, ...]:
+    """Cached: the same few combinations come back on every request, and Scope validates."""
+    scopes = (Scope("tenant", tenant), Scope("key", key_id), Scope("route", route))
+    return scopes + (Scope("team", team),) if team else scopes
 
 
 def denial_error(denial: Denial) -> GatewayError:
