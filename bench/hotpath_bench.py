@@ -7,7 +7,8 @@ each stage per call with time.perf_counter_ns and prints p50 / p99 / mean µs:
   plan       plan() exactly as gateway/decide.py calls it, per (request, tenant, model)
   admit      MemoryQuotaStore.admit_now on the AdmissionRequest the gateway builds for that
              plan (the shipped static caps, rate limits and share quota loaded), then
-  settle     settle_now of the reservation it made, with a plausible actual cost.
+  settle     settle_now of the reservation it made, with a plausible actual cost;
+  quota      admit + settle of the same request.
 The store runs on a fake clock that advances 0.2 s per request, so the `internal` tenant's
 600 rpm limit is never the thing being measured (every request is admitted).
 
@@ -149,6 +150,7 @@ def run(iterations: int) -> dict[str, dict[str, float]]:
         ]
         admit_ns: list[int] = []
         settle_ns: list[int] = []
+        both_ns: list[int] = []  # admit + settle of one request
         admitted = 0
         perf = time.perf_counter_ns
         gc.collect()
@@ -168,6 +170,7 @@ def run(iterations: int) -> dict[str, dict[str, float]]:
                     t3 = perf()
                     if i >= warmup:
                         settle_ns.append(t3 - t2)
+                        both_ns.append(t1 - t0 + t3 - t2)
                 if i >= warmup:
                     admit_ns.append(t1 - t0)
         finally:
@@ -177,6 +180,7 @@ def run(iterations: int) -> dict[str, dict[str, float]]:
         results[f"admit    {case.name}"] = _percentiles(admit_ns)
         if settle_ns:
             results[f"settle   {case.name}"] = _percentiles(settle_ns)
+            results[f"quota    {case.name}"] = _percentiles(both_ns)
     return results
 
 
