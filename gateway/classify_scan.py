@@ -1,0 +1,203 @@
+"""Reading the text of a request for the classifier: per message a token estimate, digit
+counts, keyword hits (in the instruction zones), marker and "?" counts, and the PII
+detectors over everything sent. Pure functions of the text and the compiled rules.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Mapping
+from operator import itemgetter
+from typing import Any, NamedTuple
+
+from .classify_rules import ClassifierRules, Detector, Markers, words_form
+from .tokens import estimate_encoded
+
+_CACHE_MAX_CHARS = 8192  # bounds the cache to ~2048 x 8 KB of text
+
+Entries = tuple[tuple[int, float], ...]  # one term's (slot, weight) pairs
+_FIRST = itemgetter(0)
+
+
+class Scan(NamedTuple):
+    """What the classifier reads from the text of one message."""
+
+    tokens: int
+    digits: int
+    has_run: bool  # holds a digit run as long as the shortest a PII detector needs
+    hits: Mapping[bytes, Entries]  # " term " -> (slot, weight) pairs, in the instruction zones
+    first_word: bytes
+    numbers: int
+    questions: int
+    markers: tuple[int, ...]  # in rules.markers.signals order
+
+
+def content_text(content: Any) -> tuple[str, bool]:
+    """The text of a message's content, and whether it carries an image."""
+    if type(content) is str:
+        return content, False
+    if not isinstance(content, list):
+        return "", False
+    texts: list[str] = []
+    image = False
+    for part in content:
+        if isinstance(part, Mapping):
+            kind = part.get("type")
+            if kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif kind == "image_url":
+                image = True
+    return "\n".join(texts), image
+
+
+def _find_terms(segment: bytes, rules: ClassifierRules) -> set[int]:
+    """Indexes of the terms found in a normalized segment (spaces at both ends), without
+    the automaton: words by set intersection, phrases by their anchor word."""
+    order = rules.term_order
+    found: set[int] = set()
+    for word in rules.vocabulary.intersection(segment.split()):
+        term = rules.single_terms.get(word)
+        if term is not None:
+            found.add(order[term])
+        for term in rules.phrase_terms.get(word, ()):
+            if term in segment:
+                found.add(order[term])
+    return found
+
+
+def _keyword_hits(padded: bytes, rules: ClassifierRules) -> dict[bytes, Entries]:
+    """Terms found in `padded` (the words_form of a text), as " term " -> (slot, weight) pairs.
+
+    A term matches whole words: punctuation counts as a space, and the words of a phrase
+    must be separated by a single space or punctuation mark.
+    """
+    if rules.automaton is not None:
+        found = set(map(_FIRST, rules.automaton.find_matches_as_indexes(padded, overlapping=True)))
+    else:
+        found = _find_terms(padded, rules)
+    # sorted, so weights add up in one order whatever the hash seed (a tie stays a tie)
+    return dict(map(rules.term_items.__getitem__, sorted(found)))
+
+
+def _count_markers(scan: bytes, markers: Markers) -> tuple[int, ...]:
+    """Marker counts in `scan` (UTF-8 starting with a newline): every occurrence of every
+    marker, so "x^2" counts for both "x^" and "^2"."""
+    signal_of = markers.signal_of
+    if markers.automaton is not None:
+        found = markers.automaton.find_matches_as_indexes(scan, overlapping=True)
+        if not found:
+            return markers.zero
+        if len(found) > 24:  # code: counting in C pays for the Counter's own cost
+            tally = Counter(map(signal_of.__getitem__, map(_FIRST, found)))
+            return tuple(map(tally.__getitem__, range(len(markers.zero))))
+        counts = list(markers.zero)
+        for i in map(_FIRST, found):
+            counts[signal_of[i]] += 1
+        return tuple(counts)
+    counts = list(markers.zero)  # the same, except that a marker overlapping itself ("==" in "===") counts once
+    for i, pattern in enumerate(markers.patterns):
+        counts[signal_of[i]] += scan.count(pattern)
+    return tuple(counts)
+
+
+def scan_message(text: str, rules: ClassifierRules, read_words: bool, zones: bool = False) -> Scan:
+    """Read one message: token estimate and digits always; keywords and markers when
+    `read_words`. With `zones` (the last user message) keywords are read in its instruction
+    zones only; a system prompt or an earlier turn is read up to head/tail_chars like markers."""
+    raw = text.encode("utf-8")
+    tokens, digits, numbers, classes = estimate_encoded(raw, len(text))
+    # Might the text hold a run of digits and separators long enough for a card, phone or
+    # ID number? Only if it has that many digits, and two pairs of digits at most one
+    # character apart (every such number has them), looked up in the estimate's classes.
+    has_run = (
+        digits >= rules.digit_run_min_digits
+        and (b"0000" in classes or b"00!00" in classes or b"00 00" in classes)
+        and rules.digit_run_regex.search(raw.translate(rules.digit_run_probe)) is not None
+    )
+    if not read_words or not text:
+        return Scan(tokens, digits, has_run, {}, b"", 0, 0, rules.markers.empty)
+    ascii_only = len(raw) == len(text)
+    # Markers (structure: code, lists, math) are read up to head/tail_chars.
+    if len(text) > rules.head_chars + rules.tail_chars:
+        raw = (text[: rules.head_chars] + "\n" + text[len(text) - rules.tail_chars :]).encode("utf-8")
+    counts = _count_markers(b"\n" + raw, rules.markers)
+    # Keywords of the question are read in its instruction zones: the first and last
+    # focus_chars (all of a short message); what lies between is usually pasted material.
+    focus = rules.focus_chars
+    if zones and len(text) > 3 * focus:
+        raw = (text[:focus] + "\n" + text[len(text) - focus :]).encode("utf-8")
+    words = words_form(raw, ascii_only)
+    hits = _keyword_hits(words, rules)
+    first = words.split(None, 1)
+    return Scan(tokens, digits, has_run, hits, first[0] if first else b"", numbers, counts[-1], counts[:-1])
+
+
+# System prompts and earlier turns come back with every request of an app or a
+# conversation: remember their scans (a pure function of text and rules, so still
+# deterministic). The last user message is new each time and is never cached.
+_scan_cached = functools.lru_cache(maxsize=2048)(scan_message)
+
+
+def scan_context(text: str, rules: ClassifierRules, read_words: bool) -> Scan:
+    if len(text) > _CACHE_MAX_CHARS:
+        return scan_message(text, rules, read_words)
+    return _scan_cached(text, rules, read_words)
+
+
+# --- PII -------------------------------------------------------------------------------------
+
+def _digit_runs(text: str, rules: ClassifierRules) -> list[str]:
+    """The digit runs of `text` long enough for a detector (see ClassifierRules), each with
+    the separator before it, if any: the "(" of "(415) 555-0132", the "+" of "+44 20 ..."."""
+    raw = text.encode("utf-8")
+    probe = raw.translate(rules.digit_run_probe)
+    runs = []
+    for m in rules.digit_run_regex.finditer(probe):
+        start = m.start()
+        if start and probe[start - 1] == 0x31:
+            start -= 1
+        runs.append(raw[start : m.end()].decode("ascii"))
+    return runs
+
+
+def _detect(det: Detector, text: str) -> bool:
+    for match in det.regex.finditer(text):
+        if det.check is None or det.check(match.group()):
+            return True
+    return False
+
+
+def detect_pii(texts: list[str], digits: int, has_run: bool, rules: ClassifierRules) -> list[Detector]:
+    """The detectors that fire on everything sent (`texts`, holding `digits` digits in all,
+    `has_run` when a message holds a digit run), in rules.detectors order."""
+    fired: list[Detector] = []
+    all_text = ""
+    runs: list[str] | None = None
+    longest = 0
+    for det in rules.detectors:
+        if digits < det.min_digits:
+            break  # the rest need even more digits
+        if det.run and not has_run:
+            continue
+        if det.substring is not None:
+            for text in texts:
+                if det.substring in text:
+                    break
+            else:
+                continue
+        if not all_text:
+            all_text = "\n".join(texts)
+        if det.run:
+            if runs is None:
+                runs = _digit_runs(all_text, rules)
+                longest = max(map(len, runs), default=0)
+            if longest < det.run:
+                continue
+        if det.in_digit_runs:
+            found = any(_detect(det, run) for run in runs if len(run) >= det.run)
+        else:
+            found = _detect(det, all_text)
+        if found:
+            fired.append(det)
+    return fired
