@@ -61,7 +61,8 @@ def plan_json(p: RoutePlan, c: Classification, catalog: Catalog) -> dict[str, An
 
 
 def decision_record(ex: Any, include_prompt: bool) -> dict[str, Any]:
-    """One decision-log line for a finished exchange (see api/chat.Exchange)."""
+    """One decision-log line for a finished exchange (an api.exchange.Exchange: typed loosely
+    because the HTTP layer sits above this module)."""
     c = ex.decision.classification
     p = ex.decision.plan
     catalog = ex.snapshot.catalog

@@ -15,7 +15,15 @@ from aiohttp import web
 
 from ..auth import bearer_token
 from ..errors import GatewayError, bad_request
-from ..quota import QuotaUnavailable, RateLimit, Scope, ShareQuota, SpendCap, SpendStatus, Window
+from ..quota import (
+    QuotaUnavailable,
+    RateLimit,
+    Scope,
+    ShareQuota,
+    SpendCap,
+    SpendStatus,
+    Window,
+)
 from ..runtime import ReloadError
 from ..state import STATE, GatewayState
 from ..validation import parse_json_body

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from opentelemetry.trace import Span, Status, StatusCode
 
 from ..spend import actual_cost_micros
 from ..telemetry import Telemetry, record_request
+from .exchange import Exchange
 
 
-def observe(telemetry: Telemetry, span: Span, ex: Any) -> None:
+def observe(telemetry: Telemetry, span: Span, ex: Exchange) -> None:
     c = ex.decision.classification
     plan = ex.decision.plan
     answered = ex.answered_by
