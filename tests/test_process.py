@@ -10,7 +10,7 @@ import time
 import aiohttp
 import orjson
 
-from tests.servers import CLIENT_KEY, Process, Running, free_port, start_gateway, upstream_env, wait_for_http
+from tests.servers import CLIENT_KEY, Process, Running, free_port, upstream_env, wait_for_http
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 

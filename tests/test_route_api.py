@@ -9,10 +9,9 @@ import signal
 
 import aiohttp
 import orjson
-import pytest
 
 from gateway.policy import default_policy_path
-from tests.servers import CLIENT_KEY, Process, Running, free_port, start_gateway, upstream_env, wait_for_http
+from tests.servers import CLIENT_KEY, Process, Running, free_port, upstream_env, wait_for_http
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 LEGAL = (
