@@ -5,10 +5,9 @@ public method does its work without awaiting, so each call is atomic on the even
 exactly as one Lua script is atomic in Redis. Expired reservations are swept by a heap
 ordered by deadline at the start of every admit.
 
-An admission walks the candidates as lua/admit.lua does (request rate limits, then per
-candidate: caps, share quotas, rate limits) and words its outcome as AdmissionBuilder
-does. The limits of a request's scopes and of a candidate's model and provider are
-resolved once per configuration into flat tables, so a request reads only its counters.
+Which candidate an admission goes to is decided in memory_admit.py; this module is the
+store around it: the configuration, the counters and reservations, holding an admitted
+cost, and settle, release, extend, the admin methods and client keys.
 """
 
 from __future__ import annotations
@@ -20,22 +19,18 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence, TypeVar
+from typing import Callable, Sequence
 
-from .admission import Limits, cap_message, limits_from_fields, rate_message, share_message
 from .base import (
     Admission,
     AdmissionRequest,
     CandidateCost,
-    Denial,
     KeyRecord,
     RateLimit,
-    RateLimitInfo,
     Scope,
     Settlement,
     SettleOutcome,
     ShareQuota,
-    SkipReason,
     SpendCap,
     SpendStatus,
 )
@@ -52,46 +47,11 @@ from .fields import (
     shares_of,
     static_fields,
 )
-from .ledger import CounterKey, Ledger, SpendCounter
-from .windows import GcraResult, Window, gcra, gcra_adjust
+from .ledger import CounterKey, Ledger
+from .memory_admit import Held, LimitTables, Passed, ShareWindows, decide_admission
+from .windows import Window, gcra_adjust
 
 JournalEntry = tuple[str, str, str, int]  # scope key, window spec, bucket id, micro-dollars
-RateCheck = tuple[str, str, int]  # scope key, "rpm" | "tpm", limit
-CapCheck = tuple[str, Window, int]  # scope key, window, limit in micro-dollars
-Tightest = tuple[int, int, float] | None  # the most restrictive rpm or tpm: limit, remaining, reset_s
-# Slack in the share comparison, the same as AdmissionBuilder's and lua/admit.lua's.
-_SHARE_EPSILON = 1e-9
-_MAX_TABLES = 4096  # resolved scope sets kept; the oldest goes first
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-@dataclass(frozen=True, slots=True)
-class _RequestLimits:
-    """The limits of one request's scopes (global first, deduplicated), in check order."""
-
-    rates: tuple[RateCheck, ...]  # rpm then tpm per scope: the hard stop before the walk
-    tpm: tuple[RateCheck, ...]  # charged again per candidate, with that candidate's tokens
-    caps: tuple[CapCheck, ...]
-    shares: Mapping[str, tuple[tuple[str, int, float], ...]]  # tier -> (scope key, window_s, max_share)
-    share_windows: tuple[tuple[str, int], ...]  # (scope key, window_s) every admission counts in
-
-
-@dataclass(frozen=True, slots=True)
-class _CandidateLimits:
-    """The limits of one candidate's model and provider scopes, in check order."""
-
-    caps: tuple[CapCheck, ...]
-    rates: tuple[RateCheck, ...]  # model rpm, tpm, then provider rpm, tpm
-
-
-@dataclass(slots=True)
-class _Blocks:
-    """The nearest block of each kind met while walking the candidates: what a denial names."""
-
-    cap: tuple[int, str, Window, int, float, int] | None = None  # remaining, scope, window, limit, resets_at, cost
-    share: tuple[float, str, str, int, float] | None = None  # retry, scope, tier, window_s, max_share
-    rate: tuple[float, str, str, int] | None = None  # retry, scope, rpm | tpm, limit
 
 
 @dataclass(slots=True)
@@ -117,7 +77,6 @@ class MemoryQuotaStore:
     journal: list[JournalEntry] | None = None
     _config: dict[str, dict[str, str]] = field(default_factory=dict)
     _sources: dict[str, dict[str, str]] = field(default_factory=dict)
-    _limits: dict[str, Limits] = field(default_factory=dict)
     _ledger: Ledger = field(default_factory=Ledger)
     _reservations: dict[str, _Reservation] = field(default_factory=dict)
     _expiry: list[tuple[float, str]] = field(default_factory=list)
@@ -125,9 +84,11 @@ class MemoryQuotaStore:
     _keys: dict[str, KeyRecord] = field(default_factory=dict)
     _key_hashes: dict[str, str] = field(default_factory=dict)
     _last_prune: float = 0.0
-    # Resolved from _config; emptied whenever it changes.
-    _request_limits: dict[tuple[Scope, ...], _RequestLimits] = field(default_factory=dict)
-    _candidate_limits: dict[tuple[str, str], _CandidateLimits] = field(default_factory=dict)
+    # Resolved from _config; replaced whenever it changes.
+    _limit_tables: LimitTables = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._limit_tables = LimitTables(self._config)
 
     # ---- admission -------------------------------------------------------------------
 
@@ -139,106 +100,11 @@ class MemoryQuotaStore:
         if degraded:
             self.degraded_count += 1
         self._sweep(now)
-        limits = self._limits_of_request(request)
-        cells = self._ledger.cells
+        return decide_admission(request, now, degraded, self._limit_tables, self._ledger, self._commit)
 
-        # 1. Request-scoped rate limits: a hard stop before any candidate is considered.
-        requests: Tightest = None
-        tokens: Tightest = None
-        passed_rpm: list[tuple[tuple[str, str], int, GcraResult]] = []  # cell, limit, result
-        blocked: tuple[float, str, str, int] | None = None
-        if limits.rates:
-            fewest_tokens = min(c.tokens for c in request.candidates)
-            for scope_key, kind, limit in limits.rates:
-                cell = (scope_key, kind)
-                result = gcra(cells.get(cell), now, 1 if kind == "rpm" else fewest_tokens, limit)
-                if kind == "rpm":
-                    requests = _offer(requests, limit, result)
-                    if result.allowed:
-                        passed_rpm.append((cell, limit, result))
-                else:
-                    tokens = _offer(tokens, limit, result)
-                if not result.allowed and (blocked is None or result.retry_after_s > blocked[0]):
-                    blocked = (result.retry_after_s, scope_key, kind, limit)
-            if blocked is not None:
-                retry, scope_key, kind, limit = blocked
-                info = _rate_info(requests, tokens)
-                message = rate_message(scope_key, kind, limit, retry)
-                denial = Denial("rate_limited", Scope.parse(scope_key), None, message, retry, info)
-                return Admission(False, None, None, (), denial, degraded, info)
-
-        # 2. The candidates in plan order: the first that every cap, share quota and rate
-        # limit lets through is reserved.
-        skipped: list[tuple[int, SkipReason]] = []
-        blocks = _Blocks()
-        for index, candidate in enumerate(request.candidates):
-            requests, tokens = None, None  # the headers describe the candidate under consideration
-            for _, limit, result in passed_rpm:
-                requests = _offer(requests, limit, result)
-            own = self._limits_of_candidate(candidate)
-            held = self._check_caps((limits.caps, own.caps), candidate.worst_case_micros, now, blocks)
-            if held is None:
-                skipped.append((index, "credit_limit"))
-                continue
-            if not self._check_shares(limits.shares.get(candidate.tier, ()), candidate.tier, now, blocks):
-                skipped.append((index, "route_quota"))
-                continue
-            passed: list[tuple[tuple[str, str], GcraResult]] = [(cell, result) for cell, _, result in passed_rpm]
-            failed = False
-            for checks in (limits.tpm, own.rates):
-                for scope_key, kind, limit in checks:
-                    cell = (scope_key, kind)
-                    result = gcra(cells.get(cell), now, 1 if kind == "rpm" else candidate.tokens, limit)
-                    if kind == "rpm":
-                        requests = _offer(requests, limit, result)
-                    else:
-                        tokens = _offer(tokens, limit, result)
-                    if result.allowed:
-                        passed.append((cell, result))
-                    else:
-                        failed = True
-                        if blocks.rate is None or result.retry_after_s < blocks.rate[0]:
-                            blocks.rate = (result.retry_after_s, scope_key, kind, limit)
-            if failed:
-                skipped.append((index, "rate_limit"))
-                continue
-            reservation_id = self._commit(request, candidate, held, passed, limits.share_windows, now)
-            return Admission(True, index, reservation_id, tuple(skipped), None, degraded, _rate_info(requests, tokens))
-        return _deny(skipped, blocks, _rate_info(requests, tokens), now, degraded)
-
-    def _check_caps(self, groups: tuple[tuple[CapCheck, ...], ...], cost: int, now: float,
-                    blocks: _Blocks) -> list[tuple[CounterKey, SpendCounter]] | None:
-        """The counters to reserve in, or None when a cap cannot afford `cost` (every cap is
-        still read: the denial names the one with the least left)."""
-        held = []
-        failed = False
-        for caps in groups:
-            for scope_key, window, limit in caps:
-                key, counter = self._ledger.counter(scope_key, window, now)
-                held.append((key, counter))
-                remaining = limit - (counter.spent_total(now) + counter.reserved)
-                if cost > remaining:
-                    failed = True
-                    if blocks.cap is None or remaining < blocks.cap[0]:
-                        blocks.cap = (remaining, scope_key, window, limit, counter.resets_at(now), cost)
-        return None if failed else held
-
-    def _check_shares(self, shares: tuple[tuple[str, int, float], ...], tier: str, now: float,
-                      blocks: _Blocks) -> bool:
-        """Whether one more request of `tier` stays within every share quota on it."""
-        fits = True
-        for scope_key, window_s, max_share in shares:
-            counts = self._ledger.share_counts(scope_key, window_s, now)
-            if counts.total(tier) + 1 > max_share * (counts.total("n") + 1) + _SHARE_EPSILON:
-                fits = False
-                retry = max(0.0, counts.drop_time(tier, now) - now)
-                if blocks.share is None or retry < blocks.share[0]:
-                    blocks.share = (retry, scope_key, tier, window_s, max_share)
-        return fits
-
-    def _commit(self, request: AdmissionRequest, candidate: CandidateCost, held: list[tuple[CounterKey, SpendCounter]],
-                passed: list[tuple[tuple[str, str], GcraResult]], share_windows: tuple[tuple[str, int], ...],
-                now: float) -> str:
+    def _commit(self, request: AdmissionRequest, candidate: CandidateCost, held: Held, passed: Passed,
+                share_windows: ShareWindows, now: float) -> str:
+        """Hold the admitted candidate's worst case in its counters and record the reservation."""
         cost = candidate.worst_case_micros
         for _, counter in held:
             counter.reserved += cost
@@ -314,7 +180,7 @@ class MemoryQuotaStore:
 
     def _adjust_tokens(self, reservation: _Reservation, delta: int, now: float) -> None:
         for scope_key in reservation.token_scopes:
-            tpm = self._limits_of(scope_key).tpm
+            tpm = self._limit_tables.of_scope(scope_key).tpm
             if tpm and delta:
                 cell = (scope_key, "tpm")
                 self._ledger.cells[cell] = gcra_adjust(self._ledger.cells.get(cell), now, delta, tpm)
@@ -363,56 +229,8 @@ class MemoryQuotaStore:
 
     # ---- limits (admin) --------------------------------------------------------------
 
-    def _limits_of(self, scope_key: str) -> Limits:
-        found = self._limits.get(scope_key)
-        if found is None:
-            found = self._limits[scope_key] = limits_from_fields(self._config.get(scope_key, {}))
-        return found
-
-    def _limits_of_request(self, request: AdmissionRequest) -> _RequestLimits:
-        key = tuple(request.scopes)
-        found = self._request_limits.get(key)
-        if found is None:
-            rates, tpm, caps, windows = [], [], [], []
-            shares: dict[str, list[tuple[str, int, float]]] = {}
-            for scope_key in [s.key for s in request.request_scopes()]:
-                limits = self._limits_of(scope_key)
-                if limits.rpm:
-                    rates.append((scope_key, "rpm", limits.rpm))
-                if limits.tpm:
-                    rates.append((scope_key, "tpm", limits.tpm))
-                    tpm.append((scope_key, "tpm", limits.tpm))
-                caps.extend((scope_key, window, limit) for window, limit in limits.caps)
-                for tier, window_s, max_share in limits.shares:
-                    shares.setdefault(tier, []).append((scope_key, window_s, max_share))
-                windows.extend((scope_key, w) for w in sorted({w for _, w, _ in limits.shares}))
-            found = _RequestLimits(
-                tuple(rates), tuple(tpm), tuple(caps), {t: tuple(v) for t, v in shares.items()}, tuple(windows)
-            )
-            _remember(self._request_limits, key, found)
-        return found
-
-    def _limits_of_candidate(self, candidate: CandidateCost) -> _CandidateLimits:
-        key = (candidate.model, candidate.provider)
-        found = self._candidate_limits.get(key)
-        if found is None:
-            caps: list[CapCheck] = []
-            rates: list[RateCheck] = []
-            for scope in candidate.scopes:
-                limits = self._limits_of(scope.key)
-                caps.extend((scope.key, window, limit) for window, limit in limits.caps)
-                if limits.rpm:
-                    rates.append((scope.key, "rpm", limits.rpm))
-                if limits.tpm:
-                    rates.append((scope.key, "tpm", limits.tpm))
-            found = _CandidateLimits(tuple(caps), tuple(rates))
-            _remember(self._candidate_limits, key, found)
-        return found
-
     def _config_changed(self) -> None:
-        self._limits.clear()
-        self._request_limits.clear()
-        self._candidate_limits.clear()
+        self._limit_tables = LimitTables(self._config)
 
     def _write(self, scope_key: str, values: dict[str, str | None], source: str) -> None:
         fields = self._config.setdefault(scope_key, {})
@@ -524,45 +342,3 @@ class MemoryQuotaStore:
 
     async def close(self) -> None:
         return None
-
-
-def _remember(cache: dict[_K, _V], key: _K, value: _V) -> None:
-    if len(cache) >= _MAX_TABLES:
-        cache.pop(next(iter(cache)))
-    cache[key] = value
-
-
-def _offer(best: Tightest, limit: int, result: GcraResult) -> Tightest:
-    """The tighter of `best` and this decision: fewest remaining, then longest reset."""
-    entry = (limit, result.remaining, result.reset_s)
-    if best is None or (entry[1], -entry[2]) < (best[1], -best[2]):
-        return entry
-    return best
-
-
-def _rate_info(requests: Tightest, tokens: Tightest) -> RateLimitInfo | None:
-    if requests is None and tokens is None:
-        return None
-    r = requests or (None, None, None)
-    t = tokens or (None, None, None)
-    return RateLimitInfo(r[0], r[1], r[2], t[0], t[1], t[2])
-
-
-def _deny(skipped: list[tuple[int, SkipReason]], blocks: _Blocks, info: RateLimitInfo | None, now: float,
-          degraded: bool) -> Admission:
-    """No candidate fits: rate_limited if rate limits alone stood in the way, else the cap
-    with the least left, else the share quota that frees up first."""
-    if {reason for _, reason in skipped} == {"rate_limit"} and blocks.rate is not None:
-        retry, scope_key, kind, limit = blocks.rate
-        message = rate_message(scope_key, kind, limit, retry)
-        denial = Denial("rate_limited", Scope.parse(scope_key), None, message, retry, info)
-    elif blocks.cap is not None:
-        remaining, scope_key, window, limit, resets_at, cost = blocks.cap
-        message = cap_message(scope_key, window, limit, remaining, cost)
-        denial = Denial("budget_exceeded", Scope.parse(scope_key), window, message, max(0.0, resets_at - now))
-    else:
-        assert blocks.share is not None
-        retry, scope_key, tier, window_s, max_share = blocks.share
-        message = share_message(scope_key, tier, window_s, max_share)
-        denial = Denial("budget_exceeded", Scope.parse(scope_key), Window("rolling", window_s), message, retry)
-    return Admission(False, None, None, tuple(skipped), denial, degraded, info)
