@@ -14,21 +14,20 @@ from .api import admin, chat, health, models, route
 from .auth import KeyRing, Principal, hash_key
 from .config import GatewayConfig, parse_api_keys_env
 from .decisions import JsonlDecisionLog, RedisStreamDecisionLog
-from .quota import QuotaStore, open_store
-from .runtime import RoutingSnapshot
-from .spend import static_limits
-from .sync import ReplicaSync
-from .telemetry import Telemetry
 from .forward import AttemptHooks, AttemptRecord, Forwarder, RetryPolicy
 from .health import BreakerBoard
-from .providers.base import Deployment
-from .providers.errors import UpstreamError
 from .middleware import MAX_BODY_BYTES, request_context
 from .providers.anthropic import AnthropicAdapter
+from .providers.base import Deployment
+from .providers.errors import UpstreamError
 from .providers.gemini import GeminiAdapter
 from .providers.openai import OpenAIAdapter
-from .runtime import Runtime
+from .quota import QuotaStore, open_store
+from .runtime import RoutingSnapshot, Runtime
+from .spend import static_limits
 from .state import STATE, GatewayState
+from .sync import ReplicaSync
+from .telemetry import Telemetry
 from .upstream import Timeouts, UpstreamClient
 
 log = logging.getLogger("gateway.app")
@@ -209,7 +208,11 @@ async def _telemetry(app: web.Application):  # type: ignore[no-untyped-def]
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     """Prometheus text format; with --workers N, every worker's numbers together."""
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        generate_latest,
+    )
 
     registry = request.app[STATE].telemetry.metrics.registry
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -71,9 +71,8 @@ def decision_record(ex: Any, include_prompt: bool) -> dict[str, Any]:
     actual_micros = None
     if p.candidates:
         estimated_micros = estimate_cost_micros(catalog.by_key[p.candidates[0].key], c.input_tokens, c.output_tokens)
-    if answered is not None and ex.usage is not None and answered.key in catalog.by_key:
-        u = ex.usage
-        actual_micros = estimate_cost_micros(catalog.by_key[answered.key], u.prompt_tokens, u.completion_tokens, u.cached_tokens)
+    if ex.cost_micros is not None:  # priced once by the HTTP layer when the answer was settled
+        actual_micros = ex.cost_micros
     record: dict[str, Any] = {
         "request_id": ex.request_id,
         "time": time.time(),

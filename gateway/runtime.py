@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 from .catalog import Catalog, Model, default_catalog_path, load_catalog
-from .policy import Policy, default_policy_path, load_policy
 from .classify import ClassifierRules, compile_rules
 from .config import GatewayConfig
+from .policy import Policy, default_policy_path, load_policy
 from .providers.base import Deployment
 
 log = logging.getLogger("gateway.runtime")

@@ -16,7 +16,17 @@ from .catalog import Catalog
 from .classify import Classification
 from .errors import GatewayError
 from .policy import Limits, Policy
-from .quota import Admission, AdmissionRequest, CandidateCost, Denial, RateLimit, Scope, ShareQuota, SpendCap, Window
+from .quota import (
+    Admission,
+    AdmissionRequest,
+    CandidateCost,
+    Denial,
+    RateLimit,
+    Scope,
+    ShareQuota,
+    SpendCap,
+    Window,
+)
 from .routing import RoutePlan, estimate_cost_micros
 from .usage import Usage
 

@@ -15,7 +15,7 @@ from ..spend import (
     skip_reasons,
 )
 from ..state import GatewayState
-from .exchange import Exchange, headers_for, stream_usage
+from .exchange import Exchange, headers_for, priced, stream_usage
 
 BUDGET_CHECK_EVERY = 32  # chunks between checks that a stream still fits its reservation
 
@@ -72,8 +72,8 @@ def settle(state: GatewayState, ex: Exchange) -> None:
     """Off the client's path: charge what was used, or give the reservation back."""
     if ex.reservation_id is None:
         return
-    if ex.usage is not None and ex.answered_by is not None:
-        micros = actual_cost_micros(ex.snapshot.catalog, ex.answered_by.key, ex.usage)
+    micros = priced(ex)
+    if micros is not None and ex.usage is not None:
         state.settle_later(ex.reservation_id, micros, ex.usage.total_tokens)
     else:
         state.release_later(ex.reservation_id)

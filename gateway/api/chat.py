@@ -31,6 +31,7 @@ from .exchange import (
     answered,
     client_error,
     headers_for,
+    priced,
     sse,
     static_error,
     stream_usage,
@@ -61,6 +62,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             exchange.outcome = "client_disconnected"
             raise
         finally:
+            priced(exchange)
             budget.settle(state, exchange)
             state.decisions.append(decision_record(exchange, exchange.snapshot.policy.decision_log.include_prompt))
             observe(state.telemetry, span, exchange)

@@ -16,6 +16,7 @@ from ..forward import AttemptRecord, UpstreamStream
 from ..providers.base import Deployment
 from ..providers.errors import ErrorKind, UpstreamError
 from ..runtime import RoutingSnapshot
+from ..spend import actual_cost_micros
 from ..usage import Usage, estimated, from_openai
 
 SSE_HEADERS = {
@@ -42,6 +43,7 @@ class Exchange:
     answered_by: Deployment | None = None
     degraded: str | None = None
     usage: Usage | None = None
+    cost_micros: int | None = None  # what the answer cost, once usage is known (see `priced`)
     outcome: str = "ok"
     reservation_id: str | None = None
     quota_reasons: tuple[str, ...] = ()
@@ -131,3 +133,10 @@ def static_error(error: UpstreamError, ex: Exchange) -> GatewayError:
 
 def sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def priced(ex: Exchange) -> int | None:
+    """The answer's cost from its usage, worked out once for settling, the log and metrics."""
+    if ex.cost_micros is None and ex.usage is not None and ex.answered_by is not None:
+        ex.cost_micros = actual_cost_micros(ex.snapshot.catalog, ex.answered_by.key, ex.usage)
+    return ex.cost_micros

@@ -6,9 +6,8 @@ import time
 
 from opentelemetry.trace import Span, Status, StatusCode
 
-from ..spend import actual_cost_micros
 from ..telemetry import Telemetry, record_request
-from .exchange import Exchange
+from .exchange import Exchange, priced
 
 
 def observe(telemetry: Telemetry, span: Span, ex: Exchange) -> None:
@@ -18,16 +17,16 @@ def observe(telemetry: Telemetry, span: Span, ex: Exchange) -> None:
     model = answered.model if answered else "none"
     provider = answered.provider if answered else "none"
     m = telemetry.metrics
-    m.requests.labels(plan.route, model, provider, ex.outcome, ex.degraded or "none").inc()
-    m.latency.labels(plan.route, "true" if ex.body.get("stream") else "false").observe(time.perf_counter() - ex.started)
+    m.child(m.requests, plan.route, model, provider, ex.outcome, ex.degraded or "none").inc()
+    m.child(m.latency, plan.route, "true" if ex.body.get("stream") else "false").observe(time.perf_counter() - ex.started)
     if ex.quota_degraded:
         m.quota_degraded.inc()
     usage = ex.usage
     tenant = ex.principal.tenant
     if usage is not None and answered is not None:
-        m.tokens.labels(tenant, model, "input").inc(usage.prompt_tokens)
-        m.tokens.labels(tenant, model, "output").inc(usage.completion_tokens)
-        m.spend.labels(tenant, model).inc(actual_cost_micros(ex.snapshot.catalog, answered.key, usage) / 1_000_000)
+        m.child(m.tokens, tenant, model, "input").inc(usage.prompt_tokens)
+        m.child(m.tokens, tenant, model, "output").inc(usage.completion_tokens)
+        m.child(m.spend, tenant, model).inc((priced(ex) or 0) / 1_000_000)
     if not telemetry.enabled:
         return
     record_request(

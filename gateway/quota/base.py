@@ -32,6 +32,7 @@ Semantics the stores share (tests/test_quota_store.py runs both against them):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal, Protocol, Sequence
 
 from .windows import Window
@@ -151,6 +152,12 @@ class ShareQuota:
             raise ValueError("window_s must be a positive integer")
 
 
+@lru_cache(maxsize=1024)
+def _storable_name(value: object) -> bool:
+    """Cached: admissions name the same few catalog models on every request."""
+    return isinstance(value, str) and bool(value) and not any(c in value for c in "{}|\n")
+
+
 @dataclass(frozen=True, slots=True)
 class CandidateCost:
     model: str
@@ -165,8 +172,7 @@ class CandidateCost:
         if not isinstance(self.tokens, int) or self.tokens < 0:
             raise ValueError("tokens must be a non-negative integer")
         for name in ("model", "provider", "tier"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value or any(c in value for c in "{}|\n"):
+            if not _storable_name(getattr(self, name)):
                 raise ValueError(f"{name} must be a non-empty string without '{{', '}}', '|' or newlines")
 
     @property

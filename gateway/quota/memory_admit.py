@@ -17,8 +17,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping, TypeVar
 
-from .admission import Limits, cap_message, limits_from_fields, rate_message, share_message
-from .base import Admission, AdmissionRequest, CandidateCost, Denial, RateLimitInfo, Scope, SkipReason
+from .admission import (
+    Limits,
+    cap_message,
+    limits_from_fields,
+    rate_message,
+    share_message,
+)
+from .base import (
+    Admission,
+    AdmissionRequest,
+    CandidateCost,
+    Denial,
+    RateLimitInfo,
+    Scope,
+    SkipReason,
+)
 from .ledger import CounterKey, Ledger, SpendCounter
 from .windows import GcraResult, Window, gcra
 

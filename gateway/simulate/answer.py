@@ -7,7 +7,14 @@ from typing import Any
 
 from .samples import sample_value
 from .shapes import Answer, SimRequest, ToolCall, ToolSpec, new_id
-from .text import apply_stop, continuation, count_words, reply_words, split_pieces, to_pieces
+from .text import (
+    apply_stop,
+    continuation,
+    count_words,
+    reply_words,
+    split_pieces,
+    to_pieces,
+)
 
 
 def build_answer(

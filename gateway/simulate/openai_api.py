@@ -11,7 +11,14 @@ from aiohttp import web
 from .faults import FaultSpec, strip_directives
 from .shapes import Answer, BadRequest, SimRequest, ToolSpec, new_id
 from .text import split_pieces
-from .wire import ErrorReply, SSEEvent, positive_int, retry_after_headers, string_list, text_of
+from .wire import (
+    ErrorReply,
+    SSEEvent,
+    positive_int,
+    retry_after_headers,
+    string_list,
+    text_of,
+)
 
 _FINISH = {
     "stop": "stop",

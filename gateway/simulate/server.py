@@ -9,13 +9,19 @@ from typing import Any, Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from .anthropic_api import AnthropicWire
 from .answer import build_answer
+from .anthropic_api import AnthropicWire
 from .config import SimulatorConfig
 from .faults import FaultSource, FaultSpecError, parse_fault
 from .gemini_api import GeminiWire
 from .openai_api import OpenAIWire
-from .respond import abort_connection, error_response, send_json, send_stream, sleep_while_connected
+from .respond import (
+    abort_connection,
+    error_response,
+    send_json,
+    send_stream,
+    sleep_while_connected,
+)
 from .shapes import BadRequest
 from .stats import SimStats
 from .wire import WireAPI
