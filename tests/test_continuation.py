@@ -17,16 +17,14 @@ the conversation.
 
 from __future__ import annotations
 
-from typing import AsyncIterator
-
 import aiohttp
 import orjson
 import pytest
-import pytest_asyncio
 from aiohttp import web
 
 from gateway.simulate.respond import abort_connection
-from tests.servers import Running, start_app, start_gateway, start_simulator
+from tests.failover_env import clean_slate, gw, sim  # noqa: F401 - fixtures, used by name
+from tests.servers import Running, start_app, start_gateway
 from tests.test_chaos import (
     AUTH,
     CHAT,
@@ -37,7 +35,6 @@ from tests.test_chaos import (
     assert_within_deadline,
     candidates,
     chat,
-    clear_faults,
     decision,
     full_answer,
     gateway_config,
@@ -47,7 +44,6 @@ from tests.test_chaos import (
     queue_fault,
     request,
 )
-from gateway.state import STATE
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 APIS = list(PRIMARY)
@@ -65,25 +61,6 @@ WEATHER_TOOL = {
 }
 
 
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def sim() -> AsyncIterator[Running]:
-    running = await start_simulator()
-    yield running
-    await running.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def gw(sim: Running) -> AsyncIterator[Running]:
-    running = await start_gateway(sim.url, gateway_config())
-    yield running
-    await running.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="module", autouse=True)
-async def clean_slate(sim: Running, gw: Running) -> AsyncIterator[None]:
-    gw.app[STATE].breakers.reset()
-    yield
-    await clear_faults(sim)
 
 
 @pytest.mark.parametrize("api", APIS)

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator
 
 import pytest
-import pytest_asyncio
 from aiohttp import web
 
 from gateway.state import STATE
-from tests.servers import Running, start_app, start_gateway, start_simulator
+from tests.failover_env import clean_slate, gw, sim  # noqa: F401 - fixtures, used by name
+from tests.servers import Running, start_app, start_gateway
 from tests.test_chaos import (
     PRIMARY,
     Attempt,
@@ -26,7 +25,6 @@ from tests.test_chaos import (
     assert_within_deadline,
     candidates,
     chat,
-    clear_faults,
     full_answer,
     gateway_config,
     key,
@@ -40,25 +38,6 @@ STATIC = {"x-gateway-task": "translate"}  # the route whose ladder ends in a sta
 STATIC_TEXT = "Static answer: the assistant is busy, try again in a minute."
 
 
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def sim() -> AsyncIterator[Running]:
-    running = await start_simulator()
-    yield running
-    await running.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def gw(sim: Running) -> AsyncIterator[Running]:
-    running = await start_gateway(sim.url, gateway_config())
-    yield running
-    await running.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="module", autouse=True)
-async def clean_slate(sim: Running, gw: Running) -> AsyncIterator[None]:
-    gw.app[STATE].breakers.reset()
-    yield
-    await clear_faults(sim)
 
 
 # --------------------------------------------------------------------------- retries
