@@ -10,8 +10,8 @@ After `open_s` it lets `half_open_probes` requests through; a success closes it,
 opens it again for twice as long (capped at `max_open_s`). Only failures that say
 something about the deployment count (the failover kinds); a client's bad request does not.
 
-State changes can be shared across replicas: `opened` / `closed` hooks publish them, and
-`apply_remote` takes in what other replicas published (see quota/breaker_sync).
+State changes can be shared across replicas: the `on_change` hook publishes them, and
+`apply_remote` takes in what other replicas published (see gateway/sync.py).
 """
 
 from __future__ import annotations
