@@ -37,13 +37,13 @@ class Usage:
 
 
 def from_openai(usage: Mapping[str, Any] | None) -> Usage | None:
-    if not isinstance(usage, Mapping):
+    if not isinstance(usage, dict):  # parsed JSON; a dict check is far cheaper than an ABC one
         return None
     try:
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
         details = usage.get("prompt_tokens_details") or {}
-        cached = int(details.get("cached_tokens") or 0) if isinstance(details, Mapping) else 0
+        cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
     except (TypeError, ValueError):
         return None
     return Usage(prompt, completion, cached)
