@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 
 from .api import admin, chat, health, models, route
@@ -16,6 +15,7 @@ from .config import GatewayConfig, parse_api_keys_env
 from .decisions import JsonlDecisionLog, RedisStreamDecisionLog
 from .forward import AttemptHooks, AttemptRecord, Forwarder, RetryPolicy
 from .health import BreakerBoard
+from .http1 import HTTPClient
 from .middleware import MAX_BODY_BYTES, request_context
 from .providers.anthropic import AnthropicAdapter
 from .providers.base import Deployment
@@ -75,18 +75,12 @@ def create_app(config: GatewayConfig, env: Mapping[str, str] | None = None) -> w
 async def _upstream_session(app: web.Application):  # type: ignore[no-untyped-def]
     state = app[STATE]
     settings = state.config.upstream
-    connector = aiohttp.TCPConnector(limit=settings.max_connections, ttl_dns_cache=300, enable_cleanup_closed=True)
-    session = aiohttp.ClientSession(
-        connector=connector,
-        json_serialize=lambda obj: obj,  # bodies are pre-serialized bytes
-        auto_decompress=True,
-        skip_auto_headers=("User-Agent",),
-    )
+    http = HTTPClient(max_connections=settings.max_connections)
     timeouts = Timeouts(settings.connect_timeout_s, settings.first_byte_timeout_s, settings.idle_timeout_s)
     hooks = GatewayHooks(state.breakers, state.telemetry)
-    state.forwarder = Forwarder(UpstreamClient(session), ADAPTERS, timeouts, RetryPolicy(), hooks)
+    state.forwarder = Forwarder(UpstreamClient(http), ADAPTERS, timeouts, RetryPolicy(), hooks)
     yield
-    await session.close()
+    await http.close()
 
 
 async def _decision_log(app: web.Application):  # type: ignore[no-untyped-def]
