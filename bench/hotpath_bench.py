@@ -5,6 +5,8 @@
 Builds the shipped catalog and policy, classifies a few typical requests once, then times
 each stage per call with time.perf_counter_ns and prints p50 / p99 / mean µs:
   plan       plan() exactly as gateway/decide.py calls it, per (request, tenant, model)
+  request    the AdmissionRequest for that plan, built as gateway/api/budget.py builds it
+             (request_scopes + admission_request: one CandidateCost per candidate)
   admit      MemoryQuotaStore.admit_now on the AdmissionRequest the gateway builds for that
              plan (the shipped static caps, rate limits and share quota loaded), then
   settle     settle_now of the reservation it made, with a plausible actual cost;
@@ -143,6 +145,13 @@ def run(iterations: int) -> dict[str, dict[str, float]]:
         store = MemoryQuotaStore(clock=clock)
         drive(store.load_static(*static_limits(policy)))
         team = policy.tenant(case.tenant).team
+
+        def request_once(case: Case = case, c: Classification = c, route_plan: RoutePlan = route_plan,
+                         team: str | None = team) -> object:
+            scopes = request_scopes(case.tenant, team, "key_bench", route_plan.route)
+            return admission_request("req-bench", scopes, route_plan, c, case.body, catalog, policy.limits)
+
+        results[f"request  {case.name}"] = _percentiles(_timed(iterations, warmup, request_once))
         scopes = request_scopes(case.tenant, team, "key_bench", route_plan.route)
         requests = [
             admission_request(f"req-{i}", scopes, route_plan, c, case.body, catalog, policy.limits)

@@ -26,10 +26,11 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from .catalog import TIER_RANK, Catalog, Model
+from .catalog import Catalog, Model
 from .classify import Classification
-from .policy import Policy, Route
+from .policy import Policy
 from .routing_tables import (
+    OWN_REASONS,
     RISK_PRIVACY,
     VIRTUAL_OBJECTIVES,
     ModelOption,
@@ -38,7 +39,14 @@ from .routing_tables import (
     apply_constraints,
     tables_for,
 )
-from .routing_types import Candidate, Rejection, RoutePlan, RoutingError
+from .routing_types import (
+    Candidate,
+    Rejection,
+    RoutePlan,
+    RoutingError,
+    new_candidate,
+    new_plan,
+)
 
 __all__ = [
     "RISK_PRIVACY",
@@ -55,15 +63,6 @@ __all__ = [
 # (about the spread of paid list prices in a real catalog).
 _COST_SPAN = 100.0
 _LOG_COST_SPAN = math.log1p(_COST_SPAN)
-Scored = list[tuple[ModelOption, float, tuple[str, ...]]]
-
-# A model's own reasons by (context tight, over the latency budget), made once.
-_OWN = {
-    (False, False): ("context_fit",),
-    (False, True): ("context_fit", "latency_over_budget"),
-    (True, False): ("context_tight",),
-    (True, True): ("context_tight", "latency_over_budget"),
-}
 
 
 def estimate_cost_micros(model: Model, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> int:
@@ -81,67 +80,60 @@ def estimate_cost_micros(model: Model, input_tokens: int, output_tokens: int, ca
 def plan(c: Classification, *, tenant: str, requested_model: str | None, policy: Policy, catalog: Catalog,
          unavailable: frozenset[str] = frozenset()) -> RoutePlan:
     tables = tables_for(policy, catalog)
-    settings = policy.tenant(tenant)
-    route = policy.route_for(c, tenant)
-    shape = tables.shape(route, settings, requested_model, c)
+    shape = tables.lookup(c, tenant, requested_model)
+    route = shape.route
 
-    window_need, out_tokens = c.input_tokens + c.output_tokens, c.output_tokens
-    settled = shape.settled
-    if (settled is not None and window_need <= shape.min_context and out_tokens <= shape.min_output
-            and shape.reachable_keys.isdisjoint(unavailable)):
-        filtered = settled
-    else:
-        filtered = apply_constraints(shape, window_need, out_tokens, unavailable)
-    eligible = filtered.eligible
+    inp, outp = c.input_tokens, c.output_tokens
+    window_need = inp + outp
+    filtered = shape.settled
+    if (filtered is None or window_need > shape.min_context or outp > shape.min_output
+            or not shape.reachable_keys.isdisjoint(unavailable)):
+        filtered = apply_constraints(shape, window_need, outp, unavailable)
 
     budget = c.latency_budget_ms or route.latency_budget_ms
-    scored = _score(eligible, c, shape, budget, tables, with_bonus=True)
+    scored = _score(filtered.eligible, inp, outp, shape, budget, tables, with_bonus=True)
     # Only the candidates are ordered (the schema keeps max_candidates >= 1; else all are).
-    wanted = route.max_candidates if route.max_candidates >= 1 else len(scored)
-    ordered = _order(scored, route, shape.mode == "pinned", wanted)
+    count = route.max_candidates
+    ordered = _order(scored, shape, count if count >= 1 else len(scored))
 
-    common = shape.common
-    if filtered.relaxed:
-        common += ("need_relaxed",)
-    if shape.mode == "pinned" and not any(o.requested for o in eligible):
-        common += ("requested:pinned_unavailable",)
-    primary = ordered[0][0].model
+    common = filtered.common
+    primary = ordered[0][5].model
     candidates = []
-    for i, (o, score, own) in enumerate(ordered[: route.max_candidates]):
+    for i, (_, _, _, score, flags, o) in enumerate(ordered[:count]):
         m = o.model
-        extra = own if i == 0 else (*own, _fallback_reason(o, primary))
-        if o.requested:
-            extra = (shape.requested_reason, *extra)
-        candidates.append(Candidate(m.id, m.provider, m.tier, round(score, 4), common + extra,
-                                    "primary" if i == 0 else "fallback"))
+        if i == 0:
+            candidates.append(new_candidate(m.id, m.provider, m.tier, round(score, 4), common + o.own[flags],
+                                            "primary", o.key))
+            continue
+        if m.id == primary.id:
+            why = "fallback:same_model"
+        elif m.tier_rank < primary.tier_rank:
+            why = o.tier_down
+        else:
+            why = "fallback:score"
+        candidates.append(new_candidate(m.id, m.provider, m.tier, round(score, 4), common + o.own[flags] + (why,),
+                                        "fallback", o.key))
 
-    return RoutePlan(
-        candidates=tuple(candidates),
-        rejected=filtered.rejected,
-        route=route.name,
-        objective=shape.objective,
-        weights=shape.weights,
-        latency_budget_ms=budget,
-        degradation=route.degradation,
-        content_fallback=_content_fallback(filtered.hard_eligible, common, c, shape, budget, tables),
-        policy_version=tables.version_tag,
-        tenant=settings.name,
-        requested_model=shape.requested_model,
-        requested_mode=shape.mode,
-        privacy_tier=shape.needed_tier,
-    )
-
-
-def _best_first(t: tuple[ModelOption, float, tuple[str, ...]]) -> tuple[float, int]:
-    # Best score first; ties go to the cheaper model, then to catalog order (the sort is stable).
-    return -t[1], t[0].tie
+    fields = shape.plan_fields.copy()
+    fields["candidates"] = tuple(candidates)
+    fields["rejected"] = filtered.rejected
+    fields["latency_budget_ms"] = budget
+    if filtered.content_options:
+        fields["content_fallback"] = _content_fallback(filtered.content_options, common, inp, outp, shape, budget,
+                                                       tables)
+    return new_plan(fields)
 
 
-def _score(options: Sequence[ModelOption], c: Classification, shape: RequestShape, budget: int | None,
+# A scored option: (-score, price tie-break, position, score, OWN_REASONS flags, option). Plain
+# tuples sort best first with no key function: best score, then the cheaper model, then
+# catalog order (positions are unique, so the option itself is never compared).
+Scored = list[tuple[float, int, int, float, int, ModelOption]]
+
+
+def _score(options: Sequence[ModelOption], inp: int, outp: int, shape: RequestShape, budget: int | None,
            tables: RoutingTables, with_bonus: bool) -> Scored:
     s = tables.policy.scoring
     w_cost, log1p, log_span = shape.weights.cost, math.log1p, _LOG_COST_SPAN
-    inp, outp = c.input_tokens, c.output_tokens
     # Cost is priced for this request's shape (input-heavy vs output-heavy) on a log scale
     # anchored to the dearest request the catalog could produce, so a score does not move
     # with whatever else happens to be eligible.
@@ -150,73 +142,73 @@ def _score(options: Sequence[ModelOption], c: Classification, shape: RequestShap
     threshold = s.context_penalty_threshold
     generation = outp * 1000.0  # ms at one token per second
     out: Scored = []
-    for o in options:
+    append = out.append
+    for position, o in enumerate(options):
         m = o.model
         cost = inp * m.input_micros_per_mtok + outp * m.output_micros_per_mtok
         # Summed in this order (cost, speed, quality, penalties, bonus): scores are compared
         # and rounded, so they must come out bit for bit the same on every path.
         score = w_cost * (1.0 - log1p(cost / unit) / log_span) + o.speed_part + o.quality_part
+        flags = 0
         ratio = window_need / m.context_window
-        tight = ratio > threshold
-        if tight:
+        if ratio > threshold:
             score -= s.context_penalty * (ratio - threshold) / ((1.0 - threshold) or 1.0)
-        slow = budget is not None and generation / m.speed > budget
-        if slow:
+            flags = 1
+        if budget is not None and generation / m.speed > budget:
             score -= s.latency_penalty
+            flags += 2
         if with_bonus and o.bonus:
             score += s.requested_bonus
-        out.append((o, score, _OWN[tight, slow]))
-    out.sort(key=_best_first)
+        append((-score, o.tie, position, score, flags, o))
+    out.sort()
     return out
 
 
-def _order(scored: Scored, route: Route, pinned: bool, count: int) -> Scored:
+def _order(scored: Scored, shape: RequestShape, count: int) -> Scored:
     """The first `count` of: primary, the same model elsewhere, the fallback tier (default:
     the next tier down), the rest."""
     primary = scored[0]
-    if pinned:
+    if shape.pinned and not primary[5].requested:
         for t in scored:
-            if t[0].requested:
+            if t[5].requested:
                 primary = t
                 break
-    model = primary[0].model
+    model = primary[5].model
+    model_id, rank = model.id, model.tier_rank
     ordered = [primary]
     rest: Scored = []
-    below: int | None = None  # the highest tier under the primary's
+    below = -1  # the highest tier under the primary's (ranks start at 0)
     for t in scored:
         if t is primary:
             continue
-        m = t[0].model
-        if m.id == model.id:
+        m = t[5].model
+        if m.id == model_id:
             ordered.append(t)
         else:
             rest.append(t)
-            if m.tier_rank < model.tier_rank and (below is None or m.tier_rank > below):
-                below = m.tier_rank
+            r = m.tier_rank
+            if below < r < rank:
+                below = r
     if len(ordered) >= count or not rest:
         return ordered[:count]
-    target = TIER_RANK[route.fallback_tier] if route.fallback_tier is not None else below
-    ordered += [t for t in rest if t[0].model.tier_rank == target]
-    if len(ordered) < count:
-        ordered += [t for t in rest if t[0].model.tier_rank != target]
-    return ordered[:count]
+    target = shape.fallback_rank if shape.fallback_rank is not None else below
+    for t in rest:
+        if t[5].model.tier_rank == target:
+            ordered.append(t)
+            if len(ordered) == count:
+                return ordered
+    for t in rest:
+        if t[5].model.tier_rank != target:
+            ordered.append(t)
+            if len(ordered) == count:
+                return ordered
+    return ordered
 
 
-def _fallback_reason(o: ModelOption, primary: Model) -> str:
+def _content_fallback(usable: Sequence[ModelOption], common: tuple[str, ...], inp: int, outp: int,
+                      shape: RequestShape, budget: int | None, tables: RoutingTables) -> Candidate:
+    """The model for content-filter refusals, among those that pass this request's hard constraints."""
+    _, _, _, score, flags, o = _score(usable, inp, outp, shape, budget, tables, with_bonus=False)[0]
     m = o.model
-    if m.id == primary.id:
-        return "fallback:same_model"
-    if m.tier_rank < primary.tier_rank:
-        return o.tier_down
-    return "fallback:score"
-
-
-def _content_fallback(eligible: Sequence[ModelOption], common: tuple[str, ...], c: Classification,
-                      shape: RequestShape, budget: int | None, tables: RoutingTables) -> Candidate | None:
-    """The model for content-filter refusals, only when it passes this request's hard constraints."""
-    usable = [o for o in eligible if o.content_fallback]
-    if not usable:
-        return None
-    o, score, own = _score(usable, c, shape, budget, tables, with_bonus=False)[0]
-    m = o.model
-    return Candidate(m.id, m.provider, m.tier, round(score, 4), (*common, "content_fallback", *own), "fallback")
+    return new_candidate(m.id, m.provider, m.tier, round(score, 4), (*common, "content_fallback", *OWN_REASONS[flags]),
+                         "fallback", o.key)

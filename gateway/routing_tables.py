@@ -6,7 +6,9 @@ tenant). Per request shape (route, tenant, requested model, intent, tier, risk, 
 hint, needs): a `RequestShape`, every model's verdict and score parts for that shape, and the
 outcome of the hard constraints for a request that fits every model with no breaker open.
 `apply_constraints` is what is left for the request itself: its token fit and the
-breakers, then the complexity need.
+breakers, then the complexity need. A shape is also found straight from the request's
+categories (`RoutingTables.lookup`): tenant, requested model and labels give the tenant
+settings, the route and the shape in one dictionary lookup.
 
 Every cache is bounded. Tables are keyed by the identity of the policy and catalog, shapes
 by that of the route and tenant settings, and an entry checks that identity again, so a
@@ -32,6 +34,13 @@ Quality = Mapping[str, tuple[float, float]]  # deployment key -> (quality for an
 # Per model: (model, reason or None, kind: tenant | route | choice, the Rejection ready-made).
 Static = tuple[tuple[Model, "str | None", str, "Rejection | None"], ...]
 _MAX_SHAPES = 1024  # request shapes kept per (policy, catalog); the oldest goes first
+# A model's own reasons by the flags its score sets: 1 context tight, 2 over the latency budget.
+OWN_REASONS = (
+    ("context_fit",),
+    ("context_tight",),
+    ("context_fit", "latency_over_budget"),
+    ("context_tight", "latency_over_budget"),
+)
 
 
 def _listed(m: Model, names: frozenset[str]) -> bool:
@@ -45,6 +54,7 @@ class ModelOption:
     shared by every plan of the shape."""
 
     model: Model
+    key: str  # model.key
     early: Rejection | None  # static verdict, privacy or capability: rejected whatever the tokens
     late: Rejection | None  # a quality floor: checked after the token and breaker checks
     too_long: Rejection  # context_window
@@ -59,6 +69,7 @@ class ModelOption:
     below_need: Rejection | None  # set when the need applies and the model misses it
     content_fallback: bool  # is the route's content fallback
     tier_down: str  # its fallback reason when it sits a tier below the primary
+    own: tuple[tuple[str, ...], ...]  # its reasons by score flags (OWN_REASONS), led by requested:<mode>
 
 
 @dataclass(slots=True, eq=False)
@@ -78,6 +89,11 @@ class RequestShape:
     requested_reason: str  # "requested:<mode>"
     needed_tier: str
     common: tuple[str, ...]  # reasons every candidate carries
+    pinned: bool  # mode == "pinned"
+    fallback_rank: int | None  # the route's fallback tier, ranked
+    # The plan's fields that follow from the shape, in field order; a plan copies it and
+    # fills in candidates, rejected, latency_budget_ms and content_fallback.
+    plan_fields: dict[str, object]
     # The common case, settled in advance: a request that fits every model the token and
     # breaker checks would see (`min_context`, `min_output`, `reachable_keys`) gets `settled`
     # as it is. None when nothing is eligible even then (the request fails on the full path).
@@ -95,6 +111,8 @@ class Eligibility:
     eligible: tuple[ModelOption, ...]  # passed the hard constraints and, unless relaxed, the need
     hard_eligible: tuple[ModelOption, ...]  # passed the hard constraints
     relaxed: bool  # nothing met the need, so it was waived
+    common: tuple[str, ...]  # the shape's common reasons, plus need_relaxed / requested:pinned_unavailable
+    content_options: tuple[ModelOption, ...]  # the hard-eligible deployments of the content fallback
 
 
 class RoutingTables:
@@ -118,6 +136,39 @@ class RoutingTables:
         self._quality: dict[str, Quality] = {}
         self._static: dict[tuple[str, str], Static] = {}
         self._shapes: dict[tuple[object, ...], RequestShape] = {}
+        self._by_request: dict[tuple[object, ...], RequestShape] = {}
+        # Routes are tried in order; up to the first with a score bound, which one matches
+        # follows from the request's categories alone.
+        self._categorical_routes = next(
+            (i for i, r in enumerate(policy.routes) if r.match.min_score is not None or r.match.max_score is not None),
+            len(policy.routes),
+        )
+
+    def lookup(self, c: Classification, tenant: str, requested_model: str | None) -> RequestShape:
+        """The shape of a request: its tenant settings, its route (`policy.route_for`) and
+        what follows from its categories. Remembered by those categories when the route
+        chosen does not depend on the complexity score, which is all a shape needs."""
+        needs = c.needs
+        if type(needs) is not frozenset:
+            needs = frozenset(needs)
+        key = (tenant, requested_model, c.intent, c.tier, c.risk, c.format, c.latency_class, c.objective, needs)
+        found = self._by_request.get(key)
+        if found is None:
+            policy = self.policy
+            route = policy.route_for(c, tenant)
+            found = self.shape(route, policy.tenant(tenant), requested_model, c)
+            if self._decided_by_categories(route):
+                if len(self._by_request) >= _MAX_SHAPES:
+                    self._by_request.pop(next(iter(self._by_request)))
+                self._by_request[key] = found
+        return found
+
+    def _decided_by_categories(self, route: Route) -> bool:
+        """Whether no route up to `route` (the one route_for chose; every route when it fell
+        through to the last) has a score bound: then every route tried matched or failed on
+        categories (tenant, intent, tier, risk, format, latency class) alone."""
+        position = next(i for i, r in enumerate(self.policy.routes) if r is route)
+        return position < self._categorical_routes
 
     def quality(self, intent: str) -> Quality:
         found = self._quality.get(intent)
@@ -242,6 +293,8 @@ def _build_shape(tables: RoutingTables, route: Route, settings: Tenant, requeste
     route_floor = route.quality_floor
     need_applies = need is not None and bool(need.quality_floor > 0 or need.min_tier)
     min_rank = TIER_RANK[need.min_tier] if need is not None and need.min_tier else 0
+    requested_reason = f"requested:{mode}"
+    led = tuple((requested_reason, *own) for own in OWN_REASONS)
 
     options = []
     for m, reason, kind, static_rejection in static:
@@ -271,6 +324,7 @@ def _build_shape(tables: RoutingTables, route: Route, settings: Tenant, requeste
         too_long, too_much_output, breaker_open = tables.fit_rejections[m.key]
         options.append(ModelOption(
             model=m,
+            key=m.key,
             early=early,
             late=late,
             too_long=too_long,
@@ -285,11 +339,28 @@ def _build_shape(tables: RoutingTables, route: Route, settings: Tenant, requeste
             below_need=Rejection(m.id, m.provider, f"below_need:{c.tier}") if need_applies and not strong else None,
             content_fallback=route.content_fallback is not None and route.content_fallback in (m.id, m.key),
             tier_down=f"fallback:tier_down:{m.tier}",
+            own=led if is_requested else OWN_REASONS,
         ))
 
     common = (f"route:{route.name}", f"objective:{objective}", f"complexity:{c.tier}", f"privacy:{needed_tier}")
     if settings.model_floor:
         common += (f"floor:{settings.model_floor}",)
+    reported_model = requested_model if requested else None
+    plan_fields: dict[str, object] = {
+        "candidates": (),
+        "rejected": (),
+        "route": route.name,
+        "objective": objective,
+        "weights": weights,
+        "latency_budget_ms": None,
+        "degradation": route.degradation,
+        "content_fallback": None,
+        "policy_version": tables.version_tag,
+        "tenant": settings.name,
+        "requested_model": reported_model,
+        "requested_mode": mode,
+        "privacy_tier": needed_tier,
+    }
     shape = RequestShape(
         route=route,
         settings=settings,
@@ -298,10 +369,13 @@ def _build_shape(tables: RoutingTables, route: Route, settings: Tenant, requeste
         weights=weights,
         need_applies=need_applies,
         mode=mode,
-        requested_model=requested_model if requested else None,
-        requested_reason=f"requested:{mode}",
+        requested_model=reported_model,
+        requested_reason=requested_reason,
         needed_tier=needed_tier,
         common=common,
+        pinned=mode == "pinned",
+        fallback_rank=TIER_RANK[route.fallback_tier] if route.fallback_tier is not None else None,
+        plan_fields=plan_fields,
     )
     reachable = [o.model for o in options if o.early is None]
     if reachable:
@@ -367,7 +441,13 @@ def apply_constraints(shape: RequestShape, window_need: int, out_tokens: int,
         elif len(strong) < len(eligible):
             rejected.extend(o.below_need for o in eligible if o.below_need is not None)
             eligible = strong
-    return Eligibility(tuple(rejected), tuple(eligible), tuple(hard_eligible), relaxed)
+    common = shape.common
+    if relaxed:
+        common += ("need_relaxed",)
+    if shape.pinned and not any(o.requested for o in eligible):
+        common += ("requested:pinned_unavailable",)
+    content_options = tuple(o for o in hard_eligible if o.content_fallback)
+    return Eligibility(tuple(rejected), tuple(eligible), tuple(hard_eligible), relaxed, common, content_options)
 
 
 def _no_model_message(route: Route, rejected: list[Rejection]) -> str:

@@ -9,6 +9,8 @@ would make the two modules import each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 from .policy import Degradation, Weights
 
@@ -22,7 +24,9 @@ class Candidate:
     reasons: tuple[str, ...]
     role: str  # "primary" | "fallback"
 
-    @property
+    # Cached, not a field: a request reads it several times (deployments, the admission,
+    # the reservation), and the router hands it over already made.
+    @cached_property
     def key(self) -> str:
         return f"{self.provider}/{self.model}"
 
@@ -62,3 +66,31 @@ class RoutingError(Exception):
                  reasons: tuple[Rejection, ...] = ()) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.param, self.reasons = status, code, message, param, reasons
+
+
+# The router makes a plan and its candidates on every request. A frozen dataclass's
+# __init__ costs an object.__setattr__ per field; these fill the instance dict directly
+# (every field, in field order), as classify.py does for Classification.
+_new = object.__new__
+
+
+def new_candidate(model: str, provider: str, tier: str, score: float, reasons: tuple[str, ...], role: str,
+                  key: str) -> Candidate:
+    """Candidate(model, provider, tier, score, reasons, role) with its `key` (provider/model) filled in."""
+    c = _new(Candidate)
+    d = c.__dict__
+    d["model"] = model
+    d["provider"] = provider
+    d["tier"] = tier
+    d["score"] = score
+    d["reasons"] = reasons
+    d["role"] = role
+    d["key"] = key
+    return c
+
+
+def new_plan(values: dict[str, Any]) -> RoutePlan:
+    """RoutePlan(**values); `values` names every field, in field order, and becomes the instance dict."""
+    p = _new(RoutePlan)
+    object.__setattr__(p, "__dict__", values)
+    return p
