@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -175,6 +176,11 @@ async def _probe(store: QuotaStore, failure_mode: str) -> str:
     return "degraded" if failure_mode == "fail_open" else "unreachable"
 
 
+@functools.lru_cache(maxsize=256)
+def _host_of(url: str) -> str:
+    return urlsplit(url).hostname or ""
+
+
 class GatewayHooks(AttemptHooks):
     """Attempt outcomes feed the circuit breakers, the metrics and the trace."""
 
@@ -184,7 +190,7 @@ class GatewayHooks(AttemptHooks):
 
     def started(self, deployment: Deployment) -> None:
         self._breakers.begin(deployment.key)
-        host = urlsplit(deployment.base_url).hostname or ""
+        host = _host_of(deployment.base_url)
         self._telemetry.attempt_started(deployment.provider, deployment.model, deployment.upstream_model, host)
 
     def finished(self, deployment: Deployment, record: AttemptRecord, error: UpstreamError | None) -> None:

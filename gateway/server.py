@@ -9,6 +9,7 @@ The parent forwards signals and restarts a worker that dies unexpectedly.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -39,6 +40,7 @@ async def serve_app(
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
     await site.start()
     bound = _bound_port(runner) or port
+    _settle_heap()
     log.info("listening on http://%s:%d (pid %d)", host, bound, os.getpid())
     if ready is not None:
         ready(bound)
@@ -54,6 +56,16 @@ async def serve_app(
         app[STATE].draining = True  # readiness answers 503 from now on
     await runner.cleanup()
     log.info("stopped")
+
+
+def _settle_heap() -> None:
+    """Move what start-up built (catalog, rules, tokenizer tables, modules) out of the GC's way.
+
+    Without it every full collection walks those long-lived objects again: in the
+    benchmark that showed as pauses of tens of milliseconds at p99.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _reload(app: web.Application) -> None:
