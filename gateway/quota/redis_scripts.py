@@ -79,7 +79,8 @@ class ScriptCaller:
 
     async def _send(self, batch: list[_Pending]) -> None:
         try:
-            results = await asyncio.wait_for(self._execute(batch), self._timeout_s)
+            async with asyncio.timeout(self._timeout_s):  # not wait_for: that costs a task per batch
+                results = await self._execute(batch)
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it
             error = exc if isinstance(exc, Exception) else ConnectionError("quota call cancelled")
             if isinstance(exc, asyncio.TimeoutError):
