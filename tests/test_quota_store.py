@@ -422,6 +422,23 @@ async def test_every_key_carries_the_namespace_hash_tag(redis_store: RedisQuotaS
     await redis_store.settle(admitted.reservation_id, 1, 1)
 
 
+async def test_a_finished_reservation_shrinks_to_its_state(redis_store: RedisQuotaStore) -> None:
+    """Records are kept for idempotent repeats: at thousands of requests/s, only the state."""
+    await redis_store.set_cap(SpendCap(TENANT, DAY, 10_000))
+    settled = await redis_store.admit(request())
+    released = await redis_store.admit(request())
+    await redis_store.settle(settled.reservation_id, 100, 5)
+    await redis_store.release(released.reservation_id)
+    for rid, state in ((settled.reservation_id, b"s"), (released.reservation_id, b"r")):
+        key = f"{redis_store.prefix}res:{rid}"
+        fields = await redis_store.client.hgetall(key)
+        assert fields[b"st"] == state
+        assert not {b"amt", b"tok", b"dl", b"d"} & set(fields)
+        assert 0 < await redis_store.client.ttl(key) <= redis_store.record_retention_s
+    assert await redis_store.settle(settled.reservation_id, 100, 5) == "duplicate"
+    assert (await redis_store.get_spend(TENANT, DAY)).spent_micros == 100
+
+
 async def test_revocation_on_another_replica_is_honoured_within_the_cache_ttl(redis_server: RedisServer) -> None:
     namespace = uuid.uuid4().hex[:12]
     replica_a = RedisQuotaStore(redis_server.url, namespace=namespace, key_cache_ttl_s=0.2)

@@ -120,7 +120,7 @@ class RedisQuotaStore:
         failure_mode: FailureMode = "fail_open",
         timeout_s: float = 0.25,
         reservation_ttl_s: float = 300.0,
-        record_retention_s: float = 3600.0,
+        record_retention_s: float = 600.0,
         key_cache_ttl_s: float = 1.0,
         snapshot_interval_s: float = 5.0,
         retry_interval_s: float = 1.0,

@@ -242,6 +242,11 @@ end
 local function finish(id, state, retention)
   local key = res_key(id)
   redis.call('HSET', key, 'st', state)
+  if state ~= 'x' then
+    -- settled or released: only the state is read again (idempotent repeats), so the
+    -- record shrinks to it; an expired one keeps its data for a late settle
+    redis.call('HDEL', key, 'amt', 'tok', 'dl', 'd')
+  end
   redis.call('PEXPIRE', key, I(retention * 1000))
 end
 
