@@ -10,7 +10,9 @@ each stage per call with time.perf_counter_ns and prints p50 / p99 / mean µs:
   admit      MemoryQuotaStore.admit_now on the AdmissionRequest the gateway builds for that
              plan (the shipped static caps, rate limits and share quota loaded), then
   settle     settle_now of the reservation it made, with a plausible actual cost;
-  quota      admit + settle of the same request.
+  quota      admit + settle of the same request;
+  budget     gateway/api/budget.py's admit, all of it (scopes, admission request, the store's
+             admit, the exchange's bookkeeping), on its own store; its settle is not timed.
 The store runs on a fake clock that advances 0.2 s per request, so the `internal` tenant's
 600 rpm limit is never the thing being measured (every request is admitted).
 
@@ -28,16 +30,22 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gateway.catalog import load_catalog  # noqa: E402
+from gateway.api import budget  # noqa: E402
+from gateway.api.exchange import Exchange  # noqa: E402
+from gateway.auth import Principal  # noqa: E402
+from gateway.catalog import Catalog, load_catalog  # noqa: E402
+from gateway.decide import Decision  # noqa: E402
 from gateway.classify import Classification, classify, load_default_rules  # noqa: E402
-from gateway.policy import load_policy  # noqa: E402
+from gateway.policy import Policy, load_policy  # noqa: E402
 from gateway.quota import MemoryQuotaStore, Settlement  # noqa: E402
 from gateway.routing import RoutePlan, plan  # noqa: E402
+from gateway.runtime import RoutingSnapshot  # noqa: E402
 from gateway.spend import admission_request, request_scopes, static_limits  # noqa: E402
 
 _USER = (
@@ -190,7 +198,45 @@ def run(iterations: int) -> dict[str, dict[str, float]]:
         if settle_ns:
             results[f"settle   {case.name}"] = _percentiles(settle_ns)
             results[f"quota    {case.name}"] = _percentiles(both_ns)
+        snapshot = RoutingSnapshot(catalog, policy, rules, {})
+        results[f"budget   {case.name}"] = _percentiles(
+            _budget_samples(case, Decision(c, route_plan), snapshot, iterations, warmup)
+        )
     return results
+
+
+def _budget_samples(case: Case, decision: Decision, snapshot: RoutingSnapshot, iterations: int,
+                    warmup: int) -> list[int]:
+    """budget.admit as the chat handler awaits it, on a fresh exchange per request."""
+    catalog: Catalog = snapshot.catalog
+    policy: Policy = snapshot.policy
+    clock = FakeClock(1_790_000_000.0)
+    store = MemoryQuotaStore(clock=clock)
+    drive(store.load_static(*static_limits(policy)))
+    state: Any = SimpleNamespace(quota=store)  # all budget.admit reads of the gateway's state
+    principal = Principal(case.tenant, "key_bench")
+    exchanges = [
+        Exchange(f"req-{i}", principal, case.body, snapshot, decision, [catalog.by_key[x.key] for x in decision.plan.candidates],
+                 None, 0.0)
+        for i in range(iterations + warmup)
+    ]
+    samples: list[int] = []
+    perf = time.perf_counter_ns
+    gc.collect()
+    gc.disable()
+    try:
+        for i, ex in enumerate(exchanges):
+            clock.now += 0.2
+            t0 = perf()
+            drive(budget.admit(state, ex))
+            t1 = perf()
+            if ex.reservation_id is not None:
+                store.settle_now(Settlement(ex.reservation_id, ex.reserved_micros // 3, 10))
+            if i >= warmup:
+                samples.append(t1 - t0)
+    finally:
+        gc.enable()
+    return samples
 
 
 def drive(coroutine: Any) -> Any:

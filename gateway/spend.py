@@ -19,7 +19,6 @@ from .policy import Limits, Policy
 from .quota import (
     Admission,
     AdmissionRequest,
-    CandidateCost,
     Denial,
     RateLimit,
     Scope,
@@ -27,6 +26,8 @@ from .quota import (
     SpendCap,
     Window,
 )
+from .quota.admission import admission_request as new_admission_request
+from .quota.admission import candidate_cost
 from .routing import RoutePlan, estimate_cost_micros
 from .usage import Usage
 
@@ -49,15 +50,21 @@ def admission_request(
     limits: Limits,
 ) -> AdmissionRequest:
     output = requested_output_tokens(body, limits)
-    models = [catalog.by_key[x.key] for x in plan.candidates]
-    candidates = [
-        CandidateCost(
-            m.id, m.provider, m.tier, estimate_cost_micros(m, c.input_tokens, min(output, m.max_output_tokens)),
-            c.input_tokens + output,
-        )
-        for m in models
-    ]
-    return AdmissionRequest(request_id, scopes, candidates, ttl_s=float(limits.reservation_ttl_s))
+    inp = c.input_tokens
+    tokens = inp + output
+    by_key = catalog.by_key
+    candidates = []
+    for x in plan.candidates:
+        m = by_key[x.key]
+        out = min(output, m.max_output_tokens)
+        if inp >= 0:  # estimate_cost_micros(m, inp, out) with no cached tokens, written out
+            worst = -(-(inp * m.input_micros_per_mtok + out * m.output_micros_per_mtok) // 1_000_000)
+        else:
+            worst = estimate_cost_micros(m, inp, out)
+        candidates.append(candidate_cost(m.id, m.provider, m.tier, worst, tokens))
+    if type(scopes) is not tuple:
+        return AdmissionRequest(request_id, scopes, candidates, ttl_s=float(limits.reservation_ttl_s))
+    return new_admission_request(request_id, scopes, candidates, float(limits.reservation_ttl_s))
 
 
 @lru_cache(maxsize=4096)
@@ -76,7 +83,8 @@ def denial_error(denial: Denial) -> GatewayError:
 
 
 def skip_reasons(admission: Admission) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(reason for _, reason in admission.skipped))
+    skipped = admission.skipped
+    return tuple(dict.fromkeys(reason for _, reason in skipped)) if skipped else ()
 
 
 def actual_cost_micros(catalog: Catalog, deployment_key: str, usage: Usage) -> int:

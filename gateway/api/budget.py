@@ -48,10 +48,12 @@ async def admit(state: GatewayState, ex: Exchange) -> None:
     assert admission.candidate_index is not None
     ex.reservation_id = admission.reservation_id
     ex.quota_reasons = skip_reasons(admission)
-    ex.start = admission.candidate_index
-    ex.deployments = ex.deployments[admission.candidate_index :]
-    ex.worst_micros = {f"{x.provider}/{x.model}": x.worst_case_micros for x in request.candidates}
-    ex.reserved_micros = request.candidates[admission.candidate_index].worst_case_micros
+    start = ex.start = admission.candidate_index
+    if start:
+        ex.deployments = ex.deployments[start:]
+    # The request's candidates are the plan's, in order: their keys are made already.
+    ex.worst_micros = {x.key: cost.worst_case_micros for x, cost in zip(plan.candidates, request.candidates)}
+    ex.reserved_micros = request.candidates[start].worst_case_micros
 
 
 async def covered(state: GatewayState, ex: Exchange, deployment: Deployment) -> bool:

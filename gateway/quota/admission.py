@@ -11,7 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .base import Admission, Denial, RateLimitInfo, Scope
+from .base import (
+    CANDIDATE_SCOPE_KINDS,
+    Admission,
+    AdmissionRequest,
+    CandidateCost,
+    Denial,
+    RateLimitInfo,
+    Scope,
+)
 from .windows import Window
 
 
@@ -23,6 +31,56 @@ class Limits:
     rpm: int | None = None
     tpm: int | None = None
     shares: tuple[tuple[str, int, float], ...] = ()  # tier, window_s, max_share
+
+
+# The gateway builds an AdmissionRequest with a CandidateCost per candidate on every request.
+# A frozen dataclass's __init__ pays an object.__setattr__ per field, and CandidateCost checks
+# its three names again each time; these two set the slots directly and check only what a
+# request can change, leaving anything else to the dataclass (which raises as ever).
+_new = object.__new__
+_cost_model, _cost_provider, _cost_tier = CandidateCost.model.__set__, CandidateCost.provider.__set__, CandidateCost.tier.__set__  # type: ignore[attr-defined]
+_cost_worst, _cost_tokens = CandidateCost.worst_case_micros.__set__, CandidateCost.tokens.__set__  # type: ignore[attr-defined]
+_req_id, _req_scopes, _req_candidates = AdmissionRequest.request_id.__set__, AdmissionRequest.scopes.__set__, AdmissionRequest.candidates.__set__  # type: ignore[attr-defined]
+_req_now, _req_ttl = AdmissionRequest.now.__set__, AdmissionRequest.ttl_s.__set__  # type: ignore[attr-defined]
+_checked_names: set[tuple[str, str, str]] = set()  # (model, provider, tier) a CandidateCost accepted
+_checked_scopes: dict[int, tuple[Scope, ...]] = {}  # scope tuples an AdmissionRequest accepted, by id
+
+
+def candidate_cost(model: str, provider: str, tier: str, worst_case_micros: int, tokens: int) -> CandidateCost:
+    """CandidateCost(model, provider, tier, worst_case_micros, tokens), checked alike."""
+    if (type(worst_case_micros) is not int or type(tokens) is not int or worst_case_micros < 0 or tokens < 0
+            or (model, provider, tier) not in _checked_names):
+        cost = CandidateCost(model, provider, tier, worst_case_micros, tokens)
+        if len(_checked_names) < 4096:  # catalog names: a small set
+            _checked_names.add((model, provider, tier))
+        return cost
+    cost = _new(CandidateCost)
+    _cost_model(cost, model)
+    _cost_provider(cost, provider)
+    _cost_tier(cost, tier)
+    _cost_worst(cost, worst_case_micros)
+    _cost_tokens(cost, tokens)
+    return cost
+
+
+def admission_request(request_id: str, scopes: tuple[Scope, ...], candidates: list[CandidateCost],
+                      ttl_s: float) -> AdmissionRequest:
+    """AdmissionRequest(request_id, scopes, candidates, ttl_s=ttl_s), checked alike; `scopes`
+    is a tuple (immutable), so one that passed once passes again."""
+    if not candidates or not ttl_s > 0 or _checked_scopes.get(id(scopes)) is not scopes:
+        request = AdmissionRequest(request_id, scopes, candidates, ttl_s=ttl_s)
+        if type(scopes) is tuple and not any(s.kind in CANDIDATE_SCOPE_KINDS for s in scopes):
+            if len(_checked_scopes) >= 4096:
+                _checked_scopes.clear()
+            _checked_scopes[id(scopes)] = scopes  # held, so its id is not reused while listed
+        return request
+    request = _new(AdmissionRequest)
+    _req_id(request, request_id)
+    _req_scopes(request, scopes)
+    _req_candidates(request, candidates)
+    _req_now(request, None)
+    _req_ttl(request, ttl_s)
+    return request
 
 
 def limits_from_fields(fields: Mapping[str, str]) -> Limits:

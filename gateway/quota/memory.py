@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import os
 import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from .base import (
     Admission,
@@ -86,9 +87,16 @@ class MemoryQuotaStore:
     _last_prune: float = 0.0
     # Resolved from _config; replaced whenever it changes.
     _limit_tables: LimitTables = field(init=False)
+    # Reservation ids: a random base per store and a counter. Unique within the store, which
+    # is all an id must be (it never leaves the process); a random id per admission cost a
+    # getrandom system call each.
+    _id_base: str = field(init=False)
+    _id_count: Iterator[int] = field(init=False)
 
     def __post_init__(self) -> None:
         self._limit_tables = LimitTables(self._config)
+        self._id_base = os.urandom(8).hex()
+        self._id_count = itertools.count()
 
     # ---- admission -------------------------------------------------------------------
 
@@ -121,7 +129,7 @@ class MemoryQuotaStore:
             counts.add(slot, "n", 1)
             counts.add(slot, candidate.tier, 1)
             shares.append((scope_key, window_s, slot, candidate.tier))
-        reservation_id = self.id_prefix + os.urandom(12).hex()
+        reservation_id = f"{self.id_prefix}{self._id_base}{next(self._id_count):08x}"
         deadline = now + (request.ttl_s or self.reservation_ttl_s)
         self._reservations[reservation_id] = _Reservation(
             cost, candidate.tokens, [key for key, _ in held], token_scopes, shares, deadline

@@ -37,7 +37,7 @@ from .ledger import CounterKey, Ledger, SpendCounter
 from .windows import GcraResult, Window, gcra
 
 RateCheck = tuple[str, str, int]  # scope key, "rpm" | "tpm", limit
-CapCheck = tuple[str, Window, int]  # scope key, window, limit in micro-dollars
+CapCheck = tuple[str, Window, int, str]  # scope key, window, limit in micro-dollars, window spec
 Held = list[tuple[CounterKey, SpendCounter]]  # the spend counters the admitted cost goes into
 Passed = list[tuple[tuple[str, str], GcraResult]]  # the GCRA cells that let it through, and their new state
 ShareWindows = tuple[tuple[str, int], ...]  # (scope key, window_s) every admission counts in
@@ -75,12 +75,16 @@ class LimitTables:
     and per candidate. The store makes new tables whenever its configuration changes, so an
     entry is never out of date."""
 
-    __slots__ = ("_config", "_scopes", "_requests", "_candidates")
+    __slots__ = ("_config", "_scopes", "_requests", "_by_identity", "_candidates")
 
     def __init__(self, config: Mapping[str, Mapping[str, str]]) -> None:
         self._config = config
         self._scopes: dict[str, Limits] = {}
         self._requests: dict[tuple[Scope, ...], RequestLimits] = {}
+        # The gateway hands the same scope tuple (spend.request_scopes is cached) for every
+        # request of a tenant, key and route: found by identity, it is not hashed Scope by
+        # Scope. The entry holds the tuple, so its id is not reused while it is listed.
+        self._by_identity: dict[int, tuple[tuple[Scope, ...], RequestLimits]] = {}
         self._candidates: dict[tuple[str, str], CandidateLimits] = {}
 
     def of_scope(self, scope_key: str) -> Limits:
@@ -90,7 +94,11 @@ class LimitTables:
         return found
 
     def of_request(self, request: AdmissionRequest) -> RequestLimits:
-        key = tuple(request.scopes)
+        scopes = request.scopes
+        known = self._by_identity.get(id(scopes))
+        if known is not None and known[0] is scopes:
+            return known[1]
+        key = tuple(scopes)
         found = self._requests.get(key)
         if found is None:
             rates, tpm, caps, windows = [], [], [], []
@@ -102,7 +110,7 @@ class LimitTables:
                 if limits.tpm:
                     rates.append((scope_key, "tpm", limits.tpm))
                     tpm.append((scope_key, "tpm", limits.tpm))
-                caps.extend((scope_key, window, limit) for window, limit in limits.caps)
+                caps.extend((scope_key, window, limit, window.spec) for window, limit in limits.caps)
                 for tier, window_s, max_share in limits.shares:
                     shares.setdefault(tier, []).append((scope_key, window_s, max_share))
                 windows.extend((scope_key, w) for w in sorted({w for _, w, _ in limits.shares}))
@@ -110,6 +118,8 @@ class LimitTables:
                 tuple(rates), tuple(tpm), tuple(caps), {t: tuple(v) for t, v in shares.items()}, tuple(windows)
             )
             _remember(self._requests, key, found)
+        if type(scopes) is tuple:  # immutable: the same object always means the same scopes
+            _remember(self._by_identity, id(scopes), (scopes, found))
         return found
 
     def of_candidate(self, candidate: CandidateCost) -> CandidateLimits:
@@ -120,7 +130,7 @@ class LimitTables:
             rates: list[RateCheck] = []
             for scope in candidate.scopes:
                 limits = self.of_scope(scope.key)
-                caps.extend((scope.key, window, limit) for window, limit in limits.caps)
+                caps.extend((scope.key, window, limit, window.spec) for window, limit in limits.caps)
                 if limits.rpm:
                     rates.append((scope.key, "rpm", limits.rpm))
                 if limits.tpm:
@@ -173,51 +183,59 @@ def decide_admission(request: AdmissionRequest, now: float, degraded: bool, tabl
     # limit lets through is reserved.
     skipped: list[tuple[int, SkipReason]] = []
     blocks = _Blocks()
+    request_caps, tpm_checks, shares_by_tier = limits.caps, limits.tpm, limits.shares
     for index, candidate in enumerate(request.candidates):
         requests, tokens = None, None  # the headers describe the candidate under consideration
         for _, limit, result in passed_rpm:
             requests = _offer(requests, limit, result)
         own = tables.of_candidate(candidate)
-        held = _check_caps(ledger, (limits.caps, own.caps), candidate.worst_case_micros, now, blocks)
+        held = _check_caps(ledger, request_caps, own.caps, candidate.worst_case_micros, now, blocks)
         if held is None:
             skipped.append((index, "credit_limit"))
             continue
-        if not _check_shares(ledger, limits.shares.get(candidate.tier, ()), candidate.tier, now, blocks):
+        shares = shares_by_tier.get(candidate.tier) if shares_by_tier else None
+        if shares and not _check_shares(ledger, shares, candidate.tier, now, blocks):
             skipped.append((index, "route_quota"))
             continue
         passed: Passed = [(cell, result) for cell, _, result in passed_rpm]
         failed = False
-        for checks in (limits.tpm, own.rates):
-            for scope_key, kind, limit in checks:
-                cell = (scope_key, kind)
-                result = gcra(cells.get(cell), now, 1 if kind == "rpm" else candidate.tokens, limit)
-                if kind == "rpm":
-                    requests = _offer(requests, limit, result)
-                else:
-                    tokens = _offer(tokens, limit, result)
-                if result.allowed:
-                    passed.append((cell, result))
-                else:
-                    failed = True
-                    if blocks.rate is None or result.retry_after_s < blocks.rate[0]:
-                        blocks.rate = (result.retry_after_s, scope_key, kind, limit)
+        if tpm_checks or own.rates:
+            for checks in (tpm_checks, own.rates):
+                for scope_key, kind, limit in checks:
+                    cell = (scope_key, kind)
+                    result = gcra(cells.get(cell), now, 1 if kind == "rpm" else candidate.tokens, limit)
+                    if kind == "rpm":
+                        requests = _offer(requests, limit, result)
+                    else:
+                        tokens = _offer(tokens, limit, result)
+                    if result.allowed:
+                        passed.append((cell, result))
+                    else:
+                        failed = True
+                        if blocks.rate is None or result.retry_after_s < blocks.rate[0]:
+                            blocks.rate = (result.retry_after_s, scope_key, kind, limit)
         if failed:
             skipped.append((index, "rate_limit"))
             continue
         reservation_id = reserve(request, candidate, held, passed, limits.share_windows, now)
-        return Admission(True, index, reservation_id, tuple(skipped), None, degraded, _rate_info(requests, tokens))
+        info = None if requests is None and tokens is None else _rate_info(requests, tokens)
+        return _admitted(index, reservation_id, tuple(skipped) if skipped else (), degraded, info)
     return _deny(skipped, blocks, _rate_info(requests, tokens), now, degraded)
 
 
-def _check_caps(ledger: Ledger, groups: tuple[tuple[CapCheck, ...], ...], cost: int, now: float,
-                blocks: _Blocks) -> Held | None:
+def _check_caps(ledger: Ledger, request_caps: tuple[CapCheck, ...], own_caps: tuple[CapCheck, ...], cost: int,
+                now: float, blocks: _Blocks) -> Held | None:
     """The counters to reserve in, or None when a cap cannot afford `cost` (every cap is
     still read: the denial names the one with the least left)."""
-    held = []
+    held: Held = []
     failed = False
-    for caps in groups:
-        for scope_key, window, limit in caps:
-            key, counter = ledger.counter(scope_key, window, now)
+    spend, bucket = ledger.spend, ledger.bucket
+    for caps in (request_caps, own_caps):
+        for scope_key, window, limit, spec in caps:
+            key = (scope_key, spec, bucket(window, now))  # = ledger.counter's key
+            counter = spend.get(key)
+            if counter is None:
+                key, counter = ledger.counter(scope_key, window, now)
             held.append((key, counter))
             remaining = limit - (counter.spent_total(now) + counter.reserved)
             if cost > remaining:
@@ -225,6 +243,28 @@ def _check_caps(ledger: Ledger, groups: tuple[tuple[CapCheck, ...], ...], cost: 
                 if blocks.cap is None or remaining < blocks.cap[0]:
                     blocks.cap = (remaining, scope_key, window, limit, counter.resets_at(now), cost)
     return None if failed else held
+
+
+# An admitted request's Admission, made on every admission: its slots set directly, not by
+# the frozen dataclass's object.__setattr__ per field (Admission has no checks to skip).
+_new = object.__new__
+_set_admitted, _set_index, _set_id = Admission.admitted.__set__, Admission.candidate_index.__set__, Admission.reservation_id.__set__  # type: ignore[attr-defined]
+_set_skipped, _set_denial = Admission.skipped.__set__, Admission.denial.__set__  # type: ignore[attr-defined]
+_set_degraded, _set_rate = Admission.degraded.__set__, Admission.rate_limit.__set__  # type: ignore[attr-defined]
+
+
+def _admitted(index: int, reservation_id: str, skipped: tuple[tuple[int, SkipReason], ...], degraded: bool,
+              info: RateLimitInfo | None) -> Admission:
+    """Admission(True, index, reservation_id, skipped, None, degraded, info)."""
+    admission = _new(Admission)
+    _set_admitted(admission, True)
+    _set_index(admission, index)
+    _set_id(admission, reservation_id)
+    _set_skipped(admission, skipped)
+    _set_denial(admission, None)
+    _set_degraded(admission, degraded)
+    _set_rate(admission, info)
+    return admission
 
 
 def _check_shares(ledger: Ledger, shares: tuple[tuple[str, int, float], ...], tier: str, now: float,

@@ -1,0 +1,91 @@
+"""The hot path's shortcuts around frozen dataclasses make exactly what the dataclasses make,
+and check what the dataclasses check; routing's category cache answers as route_for does."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gateway.catalog import load_catalog
+from gateway.classify import Classification
+from gateway.policy import RouteMatch, load_policy
+from gateway.quota import Admission, AdmissionRequest, CandidateCost, Scope
+from gateway.quota.admission import admission_request, candidate_cost
+from gateway.quota.memory_admit import _admitted
+from gateway.routing import plan
+from gateway.routing_tables import tables_for
+from gateway.routing_types import Candidate, RoutePlan, new_candidate, new_plan
+
+SCOPES = (Scope("tenant", "t"), Scope("key", "k"))
+
+
+def test_builders_fill_every_field() -> None:
+    # A field added to one of these dataclasses must be added to its builder too.
+    assert [f.name for f in dataclasses.fields(CandidateCost)] == ["model", "provider", "tier", "worst_case_micros",
+                                                                   "tokens"]
+    assert [f.name for f in dataclasses.fields(AdmissionRequest)] == ["request_id", "scopes", "candidates", "now",
+                                                                      "ttl_s"]
+    assert [f.name for f in dataclasses.fields(Admission)] == ["admitted", "candidate_index", "reservation_id",
+                                                               "skipped", "denial", "degraded", "rate_limit"]
+    assert [f.name for f in dataclasses.fields(Candidate)] == ["model", "provider", "tier", "score", "reasons", "role"]
+    assert len(dataclasses.fields(RoutePlan)) == 13
+
+
+def test_candidate_cost_is_the_dataclass() -> None:
+    for _ in range(2):  # the first call checks the names, the second takes the short cut
+        made = candidate_cost("m", "p", "small", 12, 34)
+        assert made == CandidateCost("m", "p", "small", 12, 34) and type(made) is CandidateCost
+        assert repr(made) == repr(CandidateCost("m", "p", "small", 12, 34))
+    for bad in [("m", "p", "small", -1, 3), ("m", "p", "small", 1, -3), ("m", "p", "small", 1.5, 3),
+                ("m|x", "p", "small", 1, 3), ("m", "", "small", 1, 3)]:
+        with pytest.raises(ValueError):
+            candidate_cost(*bad)  # type: ignore[arg-type]
+
+
+def test_admission_request_is_the_dataclass() -> None:
+    costs = [CandidateCost("m", "p", "small", 12, 34)]
+    for _ in range(2):
+        made = admission_request("r", SCOPES, costs, 300.0)
+        assert made == AdmissionRequest("r", SCOPES, costs, ttl_s=300.0) and made.now is None
+    with pytest.raises(ValueError):
+        admission_request("r", SCOPES, [], 300.0)
+    with pytest.raises(ValueError):
+        admission_request("r", SCOPES, costs, 0.0)
+    with pytest.raises(ValueError):
+        admission_request("r", (Scope("model", "m"),), costs, 300.0)
+
+
+def test_admitted_is_the_dataclass() -> None:
+    assert _admitted(2, "id", ((0, "credit_limit"),), True, None) == Admission(True, 2, "id", ((0, "credit_limit"),),
+                                                                                 None, True, None)
+
+
+def test_candidate_and_plan_builders() -> None:
+    made = new_candidate("m", "p", "small", 0.5, ("a",), "primary", "p/m")
+    plain = Candidate("m", "p", "small", 0.5, ("a",), "primary")
+    assert made == plain and repr(made) == repr(plain) and hash(made) == hash(plain)
+    assert made.key == plain.key == "p/m"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.score = 1.0  # type: ignore[misc]
+    catalog = load_catalog()
+    policy = load_policy(None, catalog)
+    c = Classification("simple", 0.2, "faq", "low", "text", "interactive", 300, 150)
+    p = plan(c, tenant="default", requested_model=None, policy=policy, catalog=catalog)
+    rebuilt = RoutePlan(**{f.name: getattr(p, f.name) for f in dataclasses.fields(RoutePlan)})
+    assert p == rebuilt and repr(p) == repr(rebuilt)
+    assert new_plan(dict(vars(rebuilt))) == p
+    assert all(x.key == f"{x.provider}/{x.model}" for x in p.candidates)
+
+
+def test_category_cache_follows_score_bounds() -> None:
+    """A route with a score bound is decided per request, never from the category cache."""
+    catalog = load_catalog()
+    base = load_policy(None, catalog)
+    first = dataclasses.replace(base.routes[-1], name="low-score", match=RouteMatch(max_score=0.3))
+    policy = dataclasses.replace(base, routes=(first, *base.routes))
+    tables = tables_for(policy, catalog)
+    for score, route in [(0.2, "low-score"), (0.5, base.routes[-1].name), (0.1, "low-score"), (0.9, base.routes[-1].name)]:
+        c = Classification("standard", score, "chat", "low", "text", "interactive", 300, 150)
+        assert plan(c, tenant="default", requested_model=None, policy=policy, catalog=catalog).route == route
+        assert tables.lookup(c, "default", None).route is policy.route_for(c, "default")
