@@ -33,6 +33,7 @@ from .routing_tables import (
     OWN_REASONS,
     RISK_PRIVACY,
     VIRTUAL_OBJECTIVES,
+    Eligibility,
     ModelOption,
     RequestShape,
     RoutingTables,
@@ -94,24 +95,24 @@ def plan(c: Classification, *, tenant: str, requested_model: str | None, policy:
     scored = _score(filtered.eligible, inp, outp, shape, budget, tables, with_bonus=True)
     # Only the candidates are ordered (the schema keeps max_candidates >= 1; else all are).
     count = route.max_candidates
-    ordered = _order(scored, shape, count if count >= 1 else len(scored))
+    ordered = _order(scored, shape, filtered, count if count >= 1 else len(scored))
 
     common = filtered.common
-    primary = ordered[0][5].model
+    primary = ordered[0][5]
     candidates = []
     for i, (_, _, _, score, flags, o) in enumerate(ordered[:count]):
         m = o.model
         if i == 0:
-            candidates.append(new_candidate(m.id, m.provider, m.tier, round(score, 4), common + o.own[flags],
+            candidates.append(new_candidate(m.id, m.provider, m.tier, _round4(score), common + o.own[flags],
                                             "primary", o.key))
             continue
-        if m.id == primary.id:
+        if o.model_id == primary.model_id:
             why = "fallback:same_model"
-        elif m.tier_rank < primary.tier_rank:
+        elif o.rank < primary.rank:
             why = o.tier_down
         else:
             why = "fallback:score"
-        candidates.append(new_candidate(m.id, m.provider, m.tier, round(score, 4), common + o.own[flags] + (why,),
+        candidates.append(new_candidate(m.id, m.provider, m.tier, _round4(score), common + o.own[flags] + (why,),
                                         "fallback", o.key))
 
     fields = shape.plan_fields.copy()
@@ -144,17 +145,17 @@ def _score(options: Sequence[ModelOption], inp: int, outp: int, shape: RequestSh
     out: Scored = []
     append = out.append
     for position, o in enumerate(options):
-        m = o.model
-        cost = inp * m.input_micros_per_mtok + outp * m.output_micros_per_mtok
+        cost = inp * o.input_price + outp * o.output_price
         # Summed in this order (cost, speed, quality, penalties, bonus): scores are compared
         # and rounded, so they must come out bit for bit the same on every path.
         score = w_cost * (1.0 - log1p(cost / unit) / log_span) + o.speed_part + o.quality_part
-        flags = 0
-        ratio = window_need / m.context_window
-        if ratio > threshold:
+        if window_need >= o.tight_from:  # = window_need / context_window > threshold
+            ratio = window_need / o.context_window
             score -= s.context_penalty * (ratio - threshold) / ((1.0 - threshold) or 1.0)
             flags = 1
-        if budget is not None and generation / m.speed > budget:
+        else:
+            flags = 0
+        if budget is not None and generation / o.speed > budget:
             score -= s.latency_penalty
             flags += 2
         if with_bonus and o.bonus:
@@ -164,45 +165,39 @@ def _score(options: Sequence[ModelOption], inp: int, outp: int, shape: RequestSh
     return out
 
 
-def _order(scored: Scored, shape: RequestShape, count: int) -> Scored:
+def _order(scored: Scored, shape: RequestShape, filtered: Eligibility, count: int) -> Scored:
     """The first `count` of: primary, the same model elsewhere, the fallback tier (default:
-    the next tier down), the rest."""
+    the next tier down), the rest; each group best first. The scan stops as soon as the
+    groups' sizes show that nothing later can be among the first `count`."""
     primary = scored[0]
     if shape.pinned and not primary[5].requested:
         for t in scored:
             if t[5].requested:
                 primary = t
                 break
-    model = primary[5].model
-    model_id, rank = model.id, model.tier_rank
-    ordered = [primary]
-    rest: Scored = []
-    below = -1  # the highest tier under the primary's (ranks start at 0)
-    for t in scored:
-        if t is primary:
-            continue
-        m = t[5].model
-        if m.id == model_id:
-            ordered.append(t)
-        else:
-            rest.append(t)
-            r = m.tier_rank
-            if below < r < rank:
-                below = r
-    if len(ordered) >= count or not rest:
-        return ordered[:count]
-    target = shape.fallback_rank if shape.fallback_rank is not None else below
-    for t in rest:
-        if t[5].model.tier_rank == target:
-            ordered.append(t)
-            if len(ordered) == count:
-                return ordered
-    for t in rest:
-        if t[5].model.tier_rank != target:
-            ordered.append(t)
-            if len(ordered) == count:
-                return ordered
-    return ordered
+    model_id = primary[5].model_id
+    n_same, target, n_tier = filtered.fallback_groups(model_id, primary[5].rank, shape.fallback_rank)
+    need = count - 1
+    same: Scored = []
+    tier: Scored = []
+    other: Scored = []
+    if need > 0:
+        for t in scored:
+            if t is primary:
+                continue
+            o = t[5]
+            if o.model_id == model_id:
+                same.append(t)
+                if len(same) >= need:
+                    break
+            elif o.rank == target:
+                tier.append(t)
+            else:
+                other.append(t)
+            if len(same) == n_same and (n_same + len(tier) >= need
+                                        or (len(tier) == n_tier and n_same + n_tier + len(other) >= need)):
+                break
+    return [primary, *same, *tier, *other][:count]
 
 
 def _content_fallback(usable: Sequence[ModelOption], common: tuple[str, ...], inp: int, outp: int,
@@ -210,5 +205,22 @@ def _content_fallback(usable: Sequence[ModelOption], common: tuple[str, ...], in
     """The model for content-filter refusals, among those that pass this request's hard constraints."""
     _, _, _, score, flags, o = _score(usable, inp, outp, shape, budget, tables, with_bonus=False)[0]
     m = o.model
-    return new_candidate(m.id, m.provider, m.tier, round(score, 4), (*common, "content_fallback", *OWN_REASONS[flags]),
+    return new_candidate(m.id, m.provider, m.tier, _round4(score), (*common, "content_fallback", *OWN_REASONS[flags]),
                          "fallback", o.key)
+
+
+def _round4(x: float) -> float:
+    """round(x, 4), bit for bit, at under half its cost (float rounding to digits goes
+    through a decimal conversion). Scaled by 10^4, x rounds to the integer n by the usual
+    rule unless the product is within its own rounding error of a half; n / 10^4 is then
+    the double nearest the decimal, which is what round returns. Near a half, at zero
+    (round keeps the sign of -0.0) and for anything not finite, round itself decides."""
+    p = x * 10000.0
+    if -1e6 < p < 1e6:
+        n = math.floor(p)
+        f = p - n  # exact: p and n are within one of each other
+        if abs(f - 0.5) > 1e-9:  # the product's error is below 1e-10 in this range
+            q = (n + 1 if f > 0.5 else n) / 10000
+            if q:
+                return q
+    return round(x, 4)

@@ -18,7 +18,7 @@ hot-reloaded policy never meets a table built for its predecessor.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from .catalog import PRIVACY_RANK, PRIVACY_TIERS, TIER_RANK, Catalog, Model
@@ -43,6 +43,19 @@ OWN_REASONS = (
 )
 
 
+def _tight_from(context_window: int, threshold: float) -> int:
+    """The fewest tokens w with w / context_window > threshold, the test that makes a context
+    tight. w / context_window only grows with w, so `tokens >= this` is that same test."""
+    if not -1e9 < threshold < 1e9:  # NaN or huge: tight never, or always
+        return -(1 << 62) if threshold < 0 else 1 << 62
+    w = math.floor(threshold * context_window)
+    while (w - 1) / context_window > threshold:
+        w -= 1
+    while not w / context_window > threshold:
+        w += 1
+    return w
+
+
 def _listed(m: Model, names: frozenset[str]) -> bool:
     return m.id in names or m.key in names
 
@@ -54,7 +67,15 @@ class ModelOption:
     shared by every plan of the shape."""
 
     model: Model
-    key: str  # model.key
+    # Copied from the model: scoring and ordering read them for every eligible model.
+    key: str
+    model_id: str
+    rank: int  # tier rank
+    input_price: int  # micro-USD per 1M tokens
+    output_price: int
+    context_window: int
+    tight_from: int  # the fewest tokens (input + output) that make the context tight
+    speed: float
     early: Rejection | None  # static verdict, privacy or capability: rejected whatever the tokens
     late: Rejection | None  # a quality floor: checked after the token and breaker checks
     too_long: Rejection  # context_window
@@ -113,6 +134,27 @@ class Eligibility:
     relaxed: bool  # nothing met the need, so it was waived
     common: tuple[str, ...]  # the shape's common reasons, plus need_relaxed / requested:pinned_unavailable
     content_options: tuple[ModelOption, ...]  # the hard-eligible deployments of the content fallback
+    # Per primary (model id, tier rank): how its fallbacks group (see `fallback_groups`).
+    groups: dict[tuple[str, int], tuple[int, int, int]] = field(default_factory=dict)
+
+    def fallback_groups(self, model_id: str, rank: int, fallback_rank: int | None) -> tuple[int, int, int]:
+        """For a primary of `model_id` at tier `rank`: (other deployments of that model, the
+        fallback tier's rank (the route's, else the highest below the primary; -1: none),
+        eligible models of other ids in that tier)."""
+        key = (model_id, rank)
+        found = self.groups.get(key)
+        if found is None:
+            same, below, ranks = -1, -1, []  # -1: the primary is one of the same model
+            for o in self.eligible:
+                if o.model_id == model_id:
+                    same += 1
+                else:
+                    ranks.append(o.rank)
+                    if below < o.rank < rank:
+                        below = o.rank
+            target = fallback_rank if fallback_rank is not None else below
+            found = self.groups[key] = (same, target, ranks.count(target))
+        return found
 
 
 class RoutingTables:
@@ -133,6 +175,8 @@ class RoutingTables:
             m.key: tuple(Rejection(m.id, m.provider, r) for r in ("context_window", "max_output", "breaker_open"))
             for m in catalog.models
         }
+        threshold = policy.scoring.context_penalty_threshold
+        self.tight_from = {m.key: _tight_from(m.context_window, threshold) for m in catalog.models}
         self._quality: dict[str, Quality] = {}
         self._static: dict[tuple[str, str], Static] = {}
         self._shapes: dict[tuple[object, ...], RequestShape] = {}
@@ -325,6 +369,13 @@ def _build_shape(tables: RoutingTables, route: Route, settings: Tenant, requeste
         options.append(ModelOption(
             model=m,
             key=m.key,
+            model_id=m.id,
+            rank=m.tier_rank,
+            input_price=m.input_micros_per_mtok,
+            output_price=m.output_micros_per_mtok,
+            context_window=m.context_window,
+            tight_from=tables.tight_from[m.key],
+            speed=m.speed,
             early=early,
             late=late,
             too_long=too_long,

@@ -89,3 +89,26 @@ def test_category_cache_follows_score_bounds() -> None:
         c = Classification("standard", score, "chat", "low", "text", "interactive", 300, 150)
         assert plan(c, tenant="default", requested_model=None, policy=policy, catalog=catalog).route == route
         assert tables.lookup(c, "default", None).route is policy.route_for(c, "default")
+
+
+def test_round4_is_round() -> None:
+    import random
+
+    from gateway.routing import _round4
+
+    rng = random.Random(7)
+    values = [rng.uniform(-3, 3) for _ in range(100_000)]
+    # Right at and around the halves, where the shortcut must hand over to round itself.
+    values += [rng.randint(-30_000, 30_000) / 10_000 + d for d in (5e-5, -5e-5, 0.0) for _ in range(20_000)]
+    values += [0.0, -0.0, 1e-9, -1e-9, 5e-5, -5e-5, 1.5e-4, 123456.78905, float("inf"), float("-inf")]
+    for v in values:
+        assert repr(_round4(v)) == repr(round(v, 4)), v
+
+
+def test_tight_from_is_the_ratio_test() -> None:
+    from gateway.routing_tables import _tight_from
+
+    for window in (1, 3, 7, 1000, 16_385, 128_000, 200_000, 1_000_000, 2_000_000):
+        for threshold in (0.0, 0.1, 0.5, 0.75, 0.8, 0.9, 0.999, 1.0):
+            w = _tight_from(window, threshold)
+            assert w / window > threshold and not (w - 1) / window > threshold
