@@ -33,11 +33,12 @@ from .usage import Usage
 
 
 def requested_output_tokens(body: Mapping[str, Any], limits: Limits) -> int:
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value * int(body.get("n") or 1)
-    return limits.default_max_tokens * int(body.get("n") or 1)
+    value = body.get("max_completion_tokens")
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        value = body.get("max_tokens")
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            value = limits.default_max_tokens
+    return value * int(body.get("n") or 1)
 
 
 def admission_request(
@@ -49,22 +50,40 @@ def admission_request(
     catalog: Catalog,
     limits: Limits,
 ) -> AdmissionRequest:
+    return admission_and_worst(request_id, scopes, plan, c, body, catalog, limits)[0]
+
+
+def admission_and_worst(
+    request_id: str,
+    scopes: Sequence[Scope],
+    plan: RoutePlan,
+    c: Classification,
+    body: Mapping[str, Any],
+    catalog: Catalog,
+    limits: Limits,
+) -> tuple[AdmissionRequest, dict[str, int]]:
+    """The admission request for a plan, and each candidate's worst case by deployment key
+    (what a failover to it must have reserved), priced once for both."""
     output = requested_output_tokens(body, limits)
     inp = c.input_tokens
     tokens = inp + output
     by_key = catalog.by_key
     candidates = []
+    worst_by_key = {}
     for x in plan.candidates:
-        m = by_key[x.key]
+        key = x.key
+        m = by_key[key]
         out = min(output, m.max_output_tokens)
         if inp >= 0:  # estimate_cost_micros(m, inp, out) with no cached tokens, written out
             worst = -(-(inp * m.input_micros_per_mtok + out * m.output_micros_per_mtok) // 1_000_000)
         else:
             worst = estimate_cost_micros(m, inp, out)
         candidates.append(candidate_cost(m.id, m.provider, m.tier, worst, tokens))
+        worst_by_key[key] = worst
+    ttl_s = float(limits.reservation_ttl_s)
     if type(scopes) is not tuple:
-        return AdmissionRequest(request_id, scopes, candidates, ttl_s=float(limits.reservation_ttl_s))
-    return new_admission_request(request_id, scopes, candidates, float(limits.reservation_ttl_s))
+        return AdmissionRequest(request_id, scopes, candidates, ttl_s=ttl_s), worst_by_key
+    return new_admission_request(request_id, scopes, candidates, ttl_s), worst_by_key
 
 
 @lru_cache(maxsize=4096)

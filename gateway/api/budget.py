@@ -9,7 +9,7 @@ from ..providers.base import Deployment
 from ..quota import QuotaUnavailable
 from ..spend import (
     actual_cost_micros,
-    admission_request,
+    admission_and_worst,
     denial_error,
     request_scopes,
     skip_reasons,
@@ -26,7 +26,7 @@ async def admit(state: GatewayState, ex: Exchange) -> None:
     policy = ex.snapshot.policy
     team = ex.principal.team or policy.tenant(ex.principal.tenant).team
     scopes = request_scopes(ex.principal.tenant, team, ex.principal.key_id, plan.route)
-    request = admission_request(ex.request_id, scopes, plan, c, ex.body, ex.snapshot.catalog, policy.limits)
+    request, worst = admission_and_worst(ex.request_id, scopes, plan, c, ex.body, ex.snapshot.catalog, policy.limits)
     try:
         admission = await state.quota.admit(request)
     except QuotaUnavailable:
@@ -51,8 +51,7 @@ async def admit(state: GatewayState, ex: Exchange) -> None:
     start = ex.start = admission.candidate_index
     if start:
         ex.deployments = ex.deployments[start:]
-    # The request's candidates are the plan's, in order: their keys are made already.
-    ex.worst_micros = {x.key: cost.worst_case_micros for x, cost in zip(plan.candidates, request.candidates)}
+    ex.worst_micros = worst
     ex.reserved_micros = request.candidates[start].worst_case_micros
 
 

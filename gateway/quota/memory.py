@@ -80,6 +80,10 @@ class MemoryQuotaStore:
     _sources: dict[str, dict[str, str]] = field(default_factory=dict)
     _ledger: Ledger = field(default_factory=Ledger)
     _reservations: dict[str, _Reservation] = field(default_factory=dict)
+    # Deadlines to sweep: in the order they come when that is deadline order (every
+    # reservation made with the same TTL, the usual case: popping costs nothing), in a heap
+    # when one comes earlier than the last (a shorter TTL, an extension).
+    _expiring: deque[tuple[float, str]] = field(default_factory=deque)
     _expiry: list[tuple[float, str]] = field(default_factory=list)
     _finished: deque[tuple[float, str]] = field(default_factory=deque)
     _keys: dict[str, KeyRecord] = field(default_factory=dict)
@@ -114,14 +118,17 @@ class MemoryQuotaStore:
                 share_windows: ShareWindows, now: float) -> str:
         """Hold the admitted candidate's worst case in its counters and record the reservation."""
         cost = candidate.worst_case_micros
-        for _, counter in held:
+        counters = []
+        for key, counter in held:
             counter.reserved += cost
+            counters.append(key)
         token_scopes = []
-        cells = self._ledger.cells
-        for cell, result in passed:
-            cells[cell] = result.tat
-            if cell[1] == "tpm":
-                token_scopes.append(cell[0])
+        if passed:
+            cells = self._ledger.cells
+            for cell, result in passed:
+                cells[cell] = result.tat
+                if cell[1] == "tpm":
+                    token_scopes.append(cell[0])
         shares = []
         for scope_key, window_s in share_windows:
             counts = self._ledger.share_counts(scope_key, window_s, now)
@@ -131,27 +138,45 @@ class MemoryQuotaStore:
             shares.append((scope_key, window_s, slot, candidate.tier))
         reservation_id = f"{self.id_prefix}{self._id_base}{next(self._id_count):08x}"
         deadline = now + (request.ttl_s or self.reservation_ttl_s)
-        self._reservations[reservation_id] = _Reservation(
-            cost, candidate.tokens, [key for key, _ in held], token_scopes, shares, deadline
-        )
-        heapq.heappush(self._expiry, (deadline, reservation_id))
+        self._reservations[reservation_id] = _Reservation(cost, candidate.tokens, counters, token_scopes, shares, deadline)
+        expiring = self._expiring
+        if not expiring or expiring[-1][0] <= deadline:  # = self._expire_at, inlined
+            expiring.append((deadline, reservation_id))
+        else:
+            heapq.heappush(self._expiry, (deadline, reservation_id))
         return reservation_id
 
+    def _expire_at(self, deadline: float, reservation_id: str) -> None:
+        expiring = self._expiring
+        if not expiring or expiring[-1][0] <= deadline:
+            expiring.append((deadline, reservation_id))
+        else:
+            heapq.heappush(self._expiry, (deadline, reservation_id))
+
     def _sweep(self, now: float) -> None:
-        while self._expiry and self._expiry[0][0] <= now:
-            _, reservation_id = heapq.heappop(self._expiry)
-            reservation = self._reservations.get(reservation_id)
-            if reservation is None or reservation.state != "active" or reservation.deadline > now:
-                continue  # finished, or extended (a later heap entry carries the new deadline)
-            self._unreserve(reservation)
-            reservation.state = "expired"
-            self._finished.append((now, reservation_id))
+        expiring, expiry, reservations = self._expiring, self._expiry, self._reservations
+        while expiring and expiring[0][0] <= now:
+            reservation_id = expiring.popleft()[1]
+            reservation = reservations.get(reservation_id)
+            # Most are finished by now; an extended one has a later entry with its new deadline.
+            if reservation is not None and reservation.state == "active" and reservation.deadline <= now:
+                self._expire(reservation, reservation_id, now)
+        while expiry and expiry[0][0] <= now:
+            reservation_id = heapq.heappop(expiry)[1]
+            reservation = reservations.get(reservation_id)
+            if reservation is not None and reservation.state == "active" and reservation.deadline <= now:
+                self._expire(reservation, reservation_id, now)
         horizon = now - self.record_retention_s
         while self._finished and self._finished[0][0] < horizon:
             self._reservations.pop(self._finished.popleft()[1], None)
         if now - self._last_prune > 60:
             self._last_prune = now
             self._ledger.prune(now)
+
+    def _expire(self, reservation: _Reservation, reservation_id: str, now: float) -> None:
+        self._unreserve(reservation)
+        reservation.state = "expired"
+        self._finished.append((now, reservation_id))
 
     def _unreserve(self, reservation: _Reservation) -> None:
         for key in reservation.counters:
@@ -232,7 +257,7 @@ class MemoryQuotaStore:
             counter.reserved += extra_micros
         reservation.amount += extra_micros
         reservation.deadline = now + (ttl_s or self.reservation_ttl_s)
-        heapq.heappush(self._expiry, (reservation.deadline, reservation_id))
+        self._expire_at(reservation.deadline, reservation_id)
         return True
 
     # ---- limits (admin) --------------------------------------------------------------

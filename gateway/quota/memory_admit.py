@@ -197,7 +197,7 @@ def decide_admission(request: AdmissionRequest, now: float, degraded: bool, tabl
         if shares and not _check_shares(ledger, shares, candidate.tier, now, blocks):
             skipped.append((index, "route_quota"))
             continue
-        passed: Passed = [(cell, result) for cell, _, result in passed_rpm]
+        passed: Passed = [(cell, result) for cell, _, result in passed_rpm] if passed_rpm else []
         failed = False
         if tpm_checks or own.rates:
             for checks in (tpm_checks, own.rates):
@@ -230,7 +230,7 @@ def _check_caps(ledger: Ledger, request_caps: tuple[CapCheck, ...], own_caps: tu
     held: Held = []
     failed = False
     spend, bucket = ledger.spend, ledger.bucket
-    for caps in (request_caps, own_caps):
+    for caps in (request_caps, own_caps) if own_caps else (request_caps,):
         for scope_key, window, limit, spec in caps:
             key = (scope_key, spec, bucket(window, now))  # = ledger.counter's key
             counter = spend.get(key)
