@@ -62,10 +62,14 @@ def _settle_heap() -> None:
     """Move what start-up built (catalog, rules, tokenizer tables, modules) out of the GC's way.
 
     Without it every full collection walks those long-lived objects again: in the
-    benchmark that showed as pauses of tens of milliseconds at p99.
+    benchmark that showed as pauses of tens of milliseconds at p99. A request allocates a
+    few hundred short-lived containers, nearly all freed by reference counting, so the
+    young generation is collected every 10,000 allocations rather than every 700: in the
+    benchmark the collector's share of the CPU fell from ~15% to ~3%.
     """
     gc.collect()
     gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 def _reload(app: web.Application) -> None:
