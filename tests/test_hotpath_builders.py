@@ -12,7 +12,8 @@ from gateway.classify import Classification
 from gateway.policy import RouteMatch, load_policy
 from gateway.quota import Admission, AdmissionRequest, CandidateCost, Scope
 from gateway.quota.admission import admission_request, candidate_cost
-from gateway.quota.memory_admit import _admitted
+from gateway.quota.base import RateLimitInfo
+from gateway.quota.memory_admit import _admitted, _rate_info
 from gateway.routing import plan
 from gateway.routing_tables import tables_for
 from gateway.routing_types import Candidate, RoutePlan, new_candidate, new_plan
@@ -54,6 +55,15 @@ def test_admission_request_is_the_dataclass() -> None:
         admission_request("r", SCOPES, costs, 0.0)
     with pytest.raises(ValueError):
         admission_request("r", (Scope("model", "m"),), costs, 300.0)
+
+
+def test_rate_info_is_the_dataclass() -> None:
+    assert [f.name for f in dataclasses.fields(RateLimitInfo)] == [
+        "limit_requests", "remaining_requests", "reset_requests_s", "limit_tokens", "remaining_tokens", "reset_tokens_s"]
+    assert _rate_info((60, 59, 1.0), (1000, 900, 6.0)) == RateLimitInfo(60, 59, 1.0, 1000, 900, 6.0)
+    assert _rate_info(None, (1000, 900, 6.0)) == RateLimitInfo(None, None, None, 1000, 900, 6.0)
+    assert _rate_info((60, 59, 1.0), None) == RateLimitInfo(60, 59, 1.0)
+    assert _rate_info(None, None) is None
 
 
 def test_admitted_is_the_dataclass() -> None:

@@ -295,12 +295,31 @@ def _offer(best: Tightest, limit: int, result: GcraResult) -> Tightest:
     return best
 
 
+_set_limit_requests, _set_remaining_requests, _set_reset_requests = (
+    RateLimitInfo.limit_requests.__set__, RateLimitInfo.remaining_requests.__set__,  # type: ignore[attr-defined]
+    RateLimitInfo.reset_requests_s.__set__,  # type: ignore[attr-defined]
+)
+_set_limit_tokens, _set_remaining_tokens, _set_reset_tokens = (
+    RateLimitInfo.limit_tokens.__set__, RateLimitInfo.remaining_tokens.__set__,  # type: ignore[attr-defined]
+    RateLimitInfo.reset_tokens_s.__set__,  # type: ignore[attr-defined]
+)
+
+
 def _rate_info(requests: Tightest, tokens: Tightest) -> RateLimitInfo | None:
+    """RateLimitInfo(*requests, *tokens), its slots set directly (made on every admission
+    of a rate-limited scope; it has no checks to skip)."""
     if requests is None and tokens is None:
         return None
     r = requests or (None, None, None)
     t = tokens or (None, None, None)
-    return RateLimitInfo(r[0], r[1], r[2], t[0], t[1], t[2])
+    info = _new(RateLimitInfo)
+    _set_limit_requests(info, r[0])
+    _set_remaining_requests(info, r[1])
+    _set_reset_requests(info, r[2])
+    _set_limit_tokens(info, t[0])
+    _set_remaining_tokens(info, t[1])
+    _set_reset_tokens(info, t[2])
+    return info
 
 
 def _deny(skipped: list[tuple[int, SkipReason]], blocks: _Blocks, info: RateLimitInfo | None, now: float,
