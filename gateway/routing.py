@@ -30,19 +30,19 @@ from .catalog import Catalog, Model
 from .classify import Classification
 from .policy import Policy
 from .routing_tables import (
-    OWN_REASONS,
     RISK_PRIVACY,
     VIRTUAL_OBJECTIVES,
-    Eligibility,
-    ModelOption,
-    RequestShape,
     RoutingTables,
     apply_constraints,
     tables_for,
 )
 from .routing_types import (
+    OWN_REASONS,
     Candidate,
+    Eligibility,
+    ModelOption,
     Rejection,
+    RequestShape,
     RoutePlan,
     RoutingError,
     new_candidate,

@@ -1,5 +1,6 @@
 """What routing hands on: the plan, its candidates and rejections, and the error for a request
-the policy cannot route. Import them from gateway.routing.
+the policy cannot route (import them from gateway.routing); and the records routing_tables.py
+keeps per request shape (ModelOption, RequestShape, Eligibility), which routing.py reads.
 
 They sit in a module of their own because routing_tables.py makes rejections and raises the
 request-level errors, and routing.py imports routing_tables.py: defined in routing.py, they
@@ -8,11 +9,12 @@ would make the two modules import each other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from .policy import Degradation, Weights
+from .catalog import Model
+from .policy import Degradation, Route, Tenant, Weights
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,111 @@ class RoutingError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.param, self.reasons = status, code, message, param, reasons
 
+
+# A model's own reasons by the flags its score sets: 1 context tight, 2 over the latency budget.
+OWN_REASONS = (
+    ("context_fit",),
+    ("context_tight",),
+    ("context_fit", "latency_over_budget"),
+    ("context_tight", "latency_over_budget"),
+)
+
+
+@dataclass(slots=True, eq=False)
+class ModelOption:
+    """One catalog model as one request shape sees it. Only the token fit and the breaker are
+    left for the request to check. Rejections are frozen, so they are made here once and
+    shared by every plan of the shape."""
+
+    model: Model
+    # Copied from the model: scoring and ordering read them for every eligible model.
+    key: str
+    model_id: str
+    rank: int  # tier rank
+    input_price: int  # micro-USD per 1M tokens
+    output_price: int
+    context_window: int
+    tight_from: int  # the fewest tokens (input + output) that make the context tight
+    speed: float
+    early: Rejection | None  # static verdict, privacy or capability: rejected whatever the tokens
+    late: Rejection | None  # a quality floor: checked after the token and breaker checks
+    too_long: Rejection  # context_window
+    too_much_output: Rejection  # max_output
+    breaker_open: Rejection
+    speed_part: float  # weight x normalized speed
+    quality_part: float  # weight x normalized quality for the intent
+    tie: int  # input + output price: equal scores go to the cheaper model
+    requested: bool  # a deployment of the requested model
+    bonus: bool  # gets the requested bonus (floor and auto modes)
+    strong: bool  # meets the complexity need, or is pinned
+    below_need: Rejection | None  # set when the need applies and the model misses it
+    content_fallback: bool  # is the route's content fallback
+    tier_down: str  # its fallback reason when it sits a tier below the primary
+    own: tuple[tuple[str, ...], ...]  # its reasons by score flags (OWN_REASONS), led by requested:<mode>
+
+
+@dataclass(slots=True, eq=False)
+class RequestShape:
+    """Everything a plan needs that follows from the request's categories (route, tenant,
+    requested model, intent, tier, risk, objective hint, needs), not from its token counts,
+    latency budget or the breakers."""
+
+    route: Route
+    settings: Tenant
+    options: tuple[ModelOption, ...]  # catalog order, which is the order of `rejected`
+    objective: str
+    weights: Weights  # normalized, complexity boost included
+    need_applies: bool
+    mode: str | None
+    requested_model: str | None  # as the plan reports it
+    requested_reason: str  # "requested:<mode>"
+    needed_tier: str
+    common: tuple[str, ...]  # reasons every candidate carries
+    pinned: bool  # mode == "pinned"
+    fallback_rank: int | None  # the route's fallback tier, ranked
+    # The plan's fields that follow from the shape, in field order; a plan copies it and
+    # fills in candidates, rejected, latency_budget_ms and content_fallback.
+    plan_fields: dict[str, object]
+    # The common case, settled in advance: a request that fits every model the token and
+    # breaker checks would see (`min_context`, `min_output`, `reachable_keys`) gets `settled`
+    # as it is. None when nothing is eligible even then (the request fails on the full path).
+    settled: Eligibility | None = None
+    min_context: int = 0
+    min_output: int = 0
+    reachable_keys: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True, eq=False)
+class Eligibility:
+    """The hard constraints and the complexity need applied: who is left, who was rejected."""
+
+    rejected: tuple[Rejection, ...]  # catalog order, then the models below the need
+    eligible: tuple[ModelOption, ...]  # passed the hard constraints and, unless relaxed, the need
+    hard_eligible: tuple[ModelOption, ...]  # passed the hard constraints
+    relaxed: bool  # nothing met the need, so it was waived
+    common: tuple[str, ...]  # the shape's common reasons, plus need_relaxed / requested:pinned_unavailable
+    content_options: tuple[ModelOption, ...]  # the hard-eligible deployments of the content fallback
+    # Per primary (model id, tier rank): how its fallbacks group (see `fallback_groups`).
+    groups: dict[tuple[str, int], tuple[int, int, int]] = field(default_factory=dict)
+
+    def fallback_groups(self, model_id: str, rank: int, fallback_rank: int | None) -> tuple[int, int, int]:
+        """For a primary of `model_id` at tier `rank`: (other deployments of that model, the
+        fallback tier's rank (the route's, else the highest below the primary; -1: none),
+        eligible models of other ids in that tier)."""
+        key = (model_id, rank)
+        found = self.groups.get(key)
+        if found is None:
+            same, below, ranks = -1, -1, []  # -1: the primary is one of the same model
+            for o in self.eligible:
+                if o.model_id == model_id:
+                    same += 1
+                else:
+                    ranks.append(o.rank)
+                    if below < o.rank < rank:
+                        below = o.rank
+            target = fallback_rank if fallback_rank is not None else below
+            found = self.groups[key] = (same, target, ranks.count(target))
+        return found
 
 # The router makes a plan and its candidates on every request. A frozen dataclass's
 # __init__ costs an object.__setattr__ per field; these fill the instance dict directly
