@@ -492,7 +492,8 @@ class RedisQuotaStore:
                 call.close()
             raise QuotaUnavailable("quota store unavailable (Redis down, retrying soon)")
         try:
-            return await asyncio.wait_for(call, self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                return await call
         except _REDIS_FAILURES as exc:
             raise self._mark_down(exc) from exc
 
