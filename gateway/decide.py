@@ -15,6 +15,7 @@ from .routing import RoutePlan, RoutingError, plan
 from .runtime import RoutingSnapshot
 
 HINT_PREFIX = "x-gateway-"
+_PREFIX_LEN = len(HINT_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,13 @@ class Decision:
 
 
 def hint_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items() if k.lower().startswith(HINT_PREFIX)}
+    out = {}
+    for k, v in headers.items():
+        # Only the head is lowered to test a header that is almost never a hint (header
+        # names are ASCII, so this is k.lower().startswith(HINT_PREFIX)).
+        if k[:_PREFIX_LEN].lower() == HINT_PREFIX:
+            out[k.lower()] = v
+    return out
 
 
 def decide(
