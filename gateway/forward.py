@@ -380,15 +380,16 @@ class UpstreamStream:
                 await self.aclose()
                 return None
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """The answer's chunks, a list per upstream read: what arrived together can leave
+        together, in one write to the client instead of one system call per chunk."""
         sent_any = False
         while True:
             batch, self._pending = self._pending, []
-            for chunk in batch:
-                chunk = self._track(chunk)
-                if chunk is not None:
-                    sent_any = True
-                    yield chunk
+            tracked = [t for t in map(self._track, batch) if t is not None]
+            if tracked:
+                sent_any = True
+                yield tracked
             try:
                 next_batch = await self._next_batch()
             except UpstreamError as error:

@@ -161,17 +161,16 @@ async def _respond_stream(request: web.Request, state: GatewayState, ex: Exchang
     if stream is None:
         static = ex.decision.plan.degradation.static
         assert static is not None
-        for chunk in static_chunks(static, ex.request_id):
-            await response.write(sse(chunk))
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+        await response.write_eof(b"".join(map(sse, static_chunks(static, ex.request_id))) + b"data: [DONE]\n\n")
         return response
+    tail = b""  # what closes the stream goes out with the end of the body: one write, not three
     try:
         sent = 0
-        async for chunk in stream.chunks():
-            await response.write(sse(chunk))
-            sent += 1
-            if sent % budget.BUDGET_CHECK_EVERY == 0 and not await budget.stream_within_budget(state, ex, stream):
+        every = budget.BUDGET_CHECK_EVERY
+        async for batch in stream.batches():
+            await response.write(b"".join(map(sse, batch)))
+            before, sent = sent, sent + len(batch)
+            if sent // every != before // every and not await budget.stream_within_budget(state, ex, stream):
                 ex.outcome = "budget_exceeded"
                 error = GatewayError(
                     429,
@@ -179,35 +178,35 @@ async def _respond_stream(request: web.Request, state: GatewayState, ex: Exchang
                     code="budget_exceeded",
                     type="insufficient_quota",
                 )
-                await response.write(sse(error.body()))
+                tail = sse(error.body())
                 break
         else:
             ex.usage = stream_usage(stream, ex)
-            await _attempts_trailer(response, ex, attempts_in_headers)
+            tail = _attempts_trailer(ex, attempts_in_headers)
             if stream.client_wants_usage:
-                await response.write(sse(stream.usage_chunk(ex.usage.as_openai())))
-            await response.write(b"data: [DONE]\n\n")
+                tail += sse(stream.usage_chunk(ex.usage.as_openai()))
+            tail += b"data: [DONE]\n\n"
     except StreamBroken as broken:
         # Never a silent [DONE] on a truncated answer: the client sees an explicit error.
         ex.outcome = "stream_broken"
         ex.usage = stream_usage(stream, ex)
-        await _attempts_trailer(response, ex, attempts_in_headers)
-        await response.write(sse(client_error(broken.error, ex).body()))
+        tail = _attempts_trailer(ex, attempts_in_headers) + sse(client_error(broken.error, ex).body())
     finally:
         if ex.usage is None:  # the client went away mid-stream: charge what was streamed
             ex.usage = stream_usage(stream, ex)
         await stream.aclose()
         ex.answered_by = stream.deployment  # the last segment's deployment, after a continuation
-    await response.write_eof()
+    await response.write_eof(tail)
     return response
 
 
-async def _attempts_trailer(response: web.StreamResponse, ex: Exchange, already_sent: int) -> None:
+def _attempts_trailer(ex: Exchange, already_sent: int) -> bytes:
     """Attempts made after the headers left (mid-stream failover) go out as an SSE comment,
     which clients ignore and people debugging with curl can read."""
     if len(ex.attempts) > already_sent:
         path = ",".join(a.header_token() for a in ex.attempts)
-        await response.write(f": x-gateway-attempts: {path}\n\n".encode())
+        return f": x-gateway-attempts: {path}\n\n".encode()
+    return b""
 
 
 async def _climb(attempt: Any, ex: Exchange) -> LadderResult[Any]:

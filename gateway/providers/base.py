@@ -97,14 +97,11 @@ class SSEDecoder:
         self._data: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[tuple[str | None, bytes]]:
-        self._buffer += chunk
+        # One split per read, not a slice per line: a read can carry many events.
+        lines = (self._buffer + chunk if self._buffer else chunk).split(b"\n")
+        self._buffer = lines.pop()  # the unfinished last line, if any
         out: list[tuple[str | None, bytes]] = []
-        while True:
-            newline = self._buffer.find(b"\n")
-            if newline < 0:
-                return out
-            line = self._buffer[:newline]
-            self._buffer = self._buffer[newline + 1 :]
+        for line in lines:
             if line.endswith(b"\r"):
                 line = line[:-1]
             if not line:
@@ -116,6 +113,7 @@ class SSEDecoder:
             elif line.startswith(b"event:"):
                 self._event = line[6:].strip().decode("utf-8", "replace")
             # other fields (id:, retry:) and comments carry nothing we use
+        return out
 
     def flush(self) -> list[tuple[str | None, bytes]]:
         """Whatever complete event is pending when the stream closes without a blank line."""
