@@ -566,28 +566,33 @@ def format_table(rows: list[Row], mode: str) -> str:
     return "\n".join([title, render(head), render(["-" * w for w in widths])] + [render(c) for c in lines])
 
 
+# The issues' targets: issue 2 for the gateway (0.8x, +0.3 ms at c=1), issue 4 for the full
+# pipeline with Redis (0.7x; it sets no latency target).
+TARGETS = {"gateway": (0.8, 0.3), "gateway+redis": (0.7, None)}
+
+
 def target_verdicts(rows: list[Row], concurrencies: list[int]) -> list[str]:
-    """The issue's targets, reported (never asserted): throughput ratio and added p50 at c=1."""
+    """The issues' targets, reported (never asserted): throughput ratio and added p50 at c=1."""
     lines = []
     top = max(concurrencies)
-    for target in ("gateway", "gateway+redis"):
+    for target, (ratio, added_ms) in TARGETS.items():
         mine = {(r.mode, r.concurrency): r for r in rows if r.target == target}
         if not mine:
             continue
         at_top, at_one = mine.get(("json", top)), mine.get(("json", 1))
         if at_top and at_top.ratio_rps is not None:
-            verdict = "met" if at_top.ratio_rps >= 0.8 else "MISSED"
+            verdict = "met" if at_top.ratio_rps >= ratio else "MISSED"
             lines.append(f"{target}: throughput at c={top} is {at_top.ratio_rps:.2f}x the bare pass-through "
-                         f"(target >= 0.80x: {verdict})")
+                         f"(target >= {ratio:.2f}x: {verdict})")
         if at_top and at_top.ratio_cpu is not None:
-            verdict = "met" if at_top.ratio_cpu >= 0.8 else "MISSED"
+            verdict = "met" if at_top.ratio_cpu >= ratio else "MISSED"
             lines.append(f"{target}: CPU per request at c={top} is {at_top.cpu_us_per_request:.0f} us, "
                          f"{at_top.ratio_cpu:.2f}x the bare pass-through's efficiency (the throughput ratio "
                          f"estimated from CPU time, less skewed by other processes; {verdict})")
-        if at_one and at_one.added_p50_ms is not None:
-            verdict = "met" if at_one.added_p50_ms <= 0.3 else "MISSED"
+        if added_ms is not None and at_one and at_one.added_p50_ms is not None:
+            verdict = "met" if at_one.added_p50_ms <= added_ms else "MISSED"
             lines.append(f"{target}: added p50 at c=1 is {at_one.added_p50_ms:+.3f} ms over the bare pass-through "
-                         f"(target <= 0.300 ms: {verdict})")
+                         f"(target <= {added_ms:.3f} ms: {verdict})")
     return lines
 
 
