@@ -35,6 +35,7 @@ from .routing_tables import (
     RoutingTables,
     apply_constraints,
     tables_for,
+    with_breakers,
 )
 from .routing_types import (
     OWN_REASONS,
@@ -87,9 +88,13 @@ def plan(c: Classification, *, tenant: str, requested_model: str | None, policy:
     inp, outp = c.input_tokens, c.output_tokens
     window_need = inp + outp
     filtered = shape.settled
-    if (filtered is None or window_need > shape.min_context or outp > shape.min_output
-            or not shape.reachable_keys.isdisjoint(unavailable)):
+    if filtered is None or window_need > shape.min_context or outp > shape.min_output:
         filtered = apply_constraints(shape, window_need, outp, unavailable)
+    elif not shape.reachable_keys.isdisjoint(unavailable):
+        if type(unavailable) is frozenset:
+            filtered = with_breakers(shape, unavailable)
+        else:
+            filtered = apply_constraints(shape, window_need, outp, unavailable)
 
     budget = c.latency_budget_ms or route.latency_budget_ms
     scored = _score(filtered.eligible, inp, outp, shape, budget, tables, with_bonus=True)

@@ -360,6 +360,18 @@ def _check_tenant_may_use(keys: frozenset[str], name: str | None, static: Static
                        param="model", reasons=tuple(reasons))
 
 
+def with_breakers(shape: RequestShape, unavailable: frozenset[str]) -> Eligibility:
+    """`apply_constraints` for a request within the shape's token bounds (so only the breakers
+    reject), remembered per set of open breakers: a handful at a time, changing rarely."""
+    found = shape.by_breakers.get(unavailable)
+    if found is None:
+        found = apply_constraints(shape, 0, 0, unavailable)  # raises when nobody is left: not kept
+        if len(shape.by_breakers) >= 16:
+            shape.by_breakers.clear()
+        shape.by_breakers[unavailable] = found
+    return found
+
+
 def apply_constraints(shape: RequestShape, window_need: int, out_tokens: int,
                       unavailable: frozenset[str]) -> Eligibility:
     """The checks that need the request (its context and output fit, the breakers in

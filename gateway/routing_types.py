@@ -141,6 +141,8 @@ class RequestShape:
     min_context: int = 0
     min_output: int = 0
     reachable_keys: frozenset[str] = frozenset()
+    # The same with breakers open, per set of open breakers (see routing_tables.with_breakers).
+    by_breakers: dict[frozenset[str], Eligibility] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)

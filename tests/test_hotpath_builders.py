@@ -122,3 +122,25 @@ def test_tight_from_is_the_ratio_test() -> None:
         for threshold in (0.0, 0.1, 0.5, 0.75, 0.8, 0.9, 0.999, 1.0):
             w = _tight_from(window, threshold)
             assert w / window > threshold and not (w - 1) / window > threshold
+
+
+def test_plans_with_open_breakers_are_the_same_remembered_or_not() -> None:
+    from gateway.routing import RoutingError
+
+    catalog = load_catalog()
+    policy = load_policy(None, catalog)
+    c = Classification("simple", 0.2, "chat", "low", "text", "interactive", 300, 150)
+    first = plan(c, tenant="default", requested_model="auto", policy=policy, catalog=catalog)
+    keys = [x.key for x in first.candidates]
+    for down in (frozenset(keys[:1]), frozenset(keys[:2]), frozenset(keys[:1]), frozenset()):
+        fresh_policy = dataclasses.replace(policy)  # new tables: nothing remembered
+        for _ in range(2):
+            got = plan(c, tenant="default", requested_model="auto", policy=policy, catalog=catalog, unavailable=down)
+            want = plan(c, tenant="default", requested_model="auto", policy=fresh_policy, catalog=catalog,
+                        unavailable=down)
+            assert repr(got) == repr(want) and not {x.key for x in got.candidates} & down
+    everything = frozenset(m.key for m in catalog.models)
+    for _ in range(2):
+        with pytest.raises(RoutingError) as info:
+            plan(c, tenant="default", requested_model="auto", policy=policy, catalog=catalog, unavailable=everything)
+        assert info.value.code == "no_eligible_model"
