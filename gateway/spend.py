@@ -26,8 +26,7 @@ from .quota import (
     SpendCap,
     Window,
 )
-from .quota.admission import admission_request as new_admission_request
-from .quota.admission import candidate_cost
+from .quota.admission import new_admission_request, new_candidate_cost
 from .routing import RoutePlan, estimate_cost_micros
 from .usage import Usage
 
@@ -78,7 +77,7 @@ def admission_and_worst(
             worst = -(-(inp * m.input_micros_per_mtok + out * m.output_micros_per_mtok) // 1_000_000)
         else:
             worst = estimate_cost_micros(m, inp, out)
-        candidates.append(candidate_cost(m.id, m.provider, m.tier, worst, tokens))
+        candidates.append(new_candidate_cost(m.id, m.provider, m.tier, worst, tokens))
         worst_by_key[key] = worst
     ttl_s = float(limits.reservation_ttl_s)
     if type(scopes) is not tuple:

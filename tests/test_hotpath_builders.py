@@ -11,7 +11,7 @@ from gateway.catalog import load_catalog
 from gateway.classify import Classification
 from gateway.policy import RouteMatch, load_policy
 from gateway.quota import Admission, AdmissionRequest, CandidateCost, Scope
-from gateway.quota.admission import admission_request, candidate_cost
+from gateway.quota.admission import new_admission_request, new_candidate_cost
 from gateway.quota.base import RateLimitInfo
 from gateway.quota.memory_admit import _admitted, _rate_info
 from gateway.routing import plan
@@ -35,26 +35,26 @@ def test_builders_fill_every_field() -> None:
 
 def test_candidate_cost_is_the_dataclass() -> None:
     for _ in range(2):  # the first call checks the names, the second takes the short cut
-        made = candidate_cost("m", "p", "small", 12, 34)
+        made = new_candidate_cost("m", "p", "small", 12, 34)
         assert made == CandidateCost("m", "p", "small", 12, 34) and type(made) is CandidateCost
         assert repr(made) == repr(CandidateCost("m", "p", "small", 12, 34))
     for bad in [("m", "p", "small", -1, 3), ("m", "p", "small", 1, -3), ("m", "p", "small", 1.5, 3),
                 ("m|x", "p", "small", 1, 3), ("m", "", "small", 1, 3)]:
         with pytest.raises(ValueError):
-            candidate_cost(*bad)  # type: ignore[arg-type]
+            new_candidate_cost(*bad)  # type: ignore[arg-type]
 
 
 def test_admission_request_is_the_dataclass() -> None:
     costs = [CandidateCost("m", "p", "small", 12, 34)]
     for _ in range(2):
-        made = admission_request("r", SCOPES, costs, 300.0)
+        made = new_admission_request("r", SCOPES, costs, 300.0)
         assert made == AdmissionRequest("r", SCOPES, costs, ttl_s=300.0) and made.now is None
     with pytest.raises(ValueError):
-        admission_request("r", SCOPES, [], 300.0)
+        new_admission_request("r", SCOPES, [], 300.0)
     with pytest.raises(ValueError):
-        admission_request("r", SCOPES, costs, 0.0)
+        new_admission_request("r", SCOPES, costs, 0.0)
     with pytest.raises(ValueError):
-        admission_request("r", (Scope("model", "m"),), costs, 300.0)
+        new_admission_request("r", (Scope("model", "m"),), costs, 300.0)
 
 
 def test_rate_info_is_the_dataclass() -> None:

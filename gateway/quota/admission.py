@@ -46,7 +46,7 @@ _checked_names: set[tuple[str, str, str]] = set()  # (model, provider, tier) a C
 _checked_scopes: dict[int, tuple[Scope, ...]] = {}  # scope tuples an AdmissionRequest accepted, by id
 
 
-def candidate_cost(model: str, provider: str, tier: str, worst_case_micros: int, tokens: int) -> CandidateCost:
+def new_candidate_cost(model: str, provider: str, tier: str, worst_case_micros: int, tokens: int) -> CandidateCost:
     """CandidateCost(model, provider, tier, worst_case_micros, tokens), checked alike."""
     if (type(worst_case_micros) is not int or type(tokens) is not int or worst_case_micros < 0 or tokens < 0
             or (model, provider, tier) not in _checked_names):
@@ -63,8 +63,8 @@ def candidate_cost(model: str, provider: str, tier: str, worst_case_micros: int,
     return cost
 
 
-def admission_request(request_id: str, scopes: tuple[Scope, ...], candidates: list[CandidateCost],
-                      ttl_s: float) -> AdmissionRequest:
+def new_admission_request(request_id: str, scopes: tuple[Scope, ...], candidates: list[CandidateCost],
+                          ttl_s: float) -> AdmissionRequest:
     """AdmissionRequest(request_id, scopes, candidates, ttl_s=ttl_s), checked alike; `scopes`
     is a tuple (immutable), so one that passed once passes again."""
     if not candidates or not ttl_s > 0 or _checked_scopes.get(id(scopes)) is not scopes:
