@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextvars
 import os
-from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Mapping
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -25,6 +25,8 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _attempt_span: contextvars.ContextVar[Span | None] = contextvars.ContextVar("gateway_attempt_span", default=None)
+
+_NO_SPAN = nullcontext(trace.INVALID_SPAN)
 
 BREAKER_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -92,15 +94,12 @@ class Telemetry:
         else:
             self.tracer = trace.NoOpTracer()
 
-    @contextmanager
-    def server_span(self, request_id: str, path: str) -> Iterator[Span]:
+    def server_span(self, request_id: str, path: str) -> AbstractContextManager[Span]:
         if not self.enabled:  # skip even the no-op tracer's context bookkeeping
-            yield trace.INVALID_SPAN
-            return
-        with self.tracer.start_as_current_span(
+            return _NO_SPAN
+        return self.tracer.start_as_current_span(
             f"POST {path}", kind=SpanKind.SERVER, attributes={"http.request.method": "POST", "url.path": path, "gateway.request_id": request_id}
-        ) as span:
-            yield span
+        )
 
     def attempt_started(self, provider: str, model: str, upstream_model: str, address: str) -> None:
         if not self.enabled:
