@@ -33,7 +33,9 @@ from urllib.parse import urlsplit
 import httptools
 from multidict import CIMultiDict
 
-_HIGH_WATER = 256 * 1024  # buffered body bytes before reading pauses
+_HIGH_WATER = 256 * 1024  # buffered body bytes before reading pauses (streams)
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a whole body read at once beyond this is refused
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class HTTPClientError(Exception):
@@ -89,7 +91,9 @@ def encode_request(method: str, target: Target, headers: dict[str, str], body: b
 class UpstreamResponse:
     """Status and headers of an answer whose body arrives (or has arrived) behind them."""
 
-    __slots__ = ("_buffered", "_chunks", "_conn", "_done", "_error", "_inflate", "_waiter", "headers", "status")
+    __slots__ = (
+        "_buffered", "_chunks", "_collecting", "_conn", "_done", "_error", "_inflate", "_waiter", "headers", "status",
+    )
 
     def __init__(self, conn: _Connection, status: int, headers: CIMultiDict[str]) -> None:
         self.status = status
@@ -100,6 +104,7 @@ class UpstreamResponse:
         self._done = False
         self._error: HTTPClientError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._collecting = False  # set by read(): the whole body is wanted, so reading never pauses
         encoding = headers.get("content-encoding", "").lower()
         self._inflate = zlib.decompressobj(47 if encoding == "gzip" else 15) if encoding in ("gzip", "deflate") else None
 
@@ -117,7 +122,13 @@ class UpstreamResponse:
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > _HIGH_WATER and self._conn is not None:
-            self._conn.pause()
+            if self._collecting:  # read() wants it all: no pause, but a ceiling
+                if self._buffered > MAX_BODY_BYTES:
+                    self._fail(HTTPClientError(
+                        HTTPClientError.PROTOCOL, f"The upstream's answer is larger than {MAX_BODY_BYTES} bytes."))
+                    return
+            else:
+                self._conn.pause()
         self._wake()
 
     def _finish(self) -> None:
@@ -179,6 +190,9 @@ class UpstreamResponse:
     async def read(self, deadline: float, idle_s: float | None) -> bytes:
         """The whole body by the loop-time deadline, with at most idle_s between pieces."""
         if not self._done:
+            self._collecting = True
+            if self._conn is not None:
+                self._conn.resume()
             loop = asyncio.get_running_loop()
             while not self._done:
                 wait = deadline - loop.time()
@@ -223,6 +237,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._paused = False
         self._headers: list[tuple[str, str]] = []
+        self._header_bytes = 0
         self._head: asyncio.Future[UpstreamResponse] | None = None  # waiting for the response headers
         self._response: UpstreamResponse | None = None
         self._until_close = False  # the body is delimited by the connection closing
@@ -242,7 +257,7 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             self._broken(HTTPClientError(HTTPClientError.PROTOCOL, "The upstream's answer is not valid HTTP/1.1."))
 
     def eof_received(self) -> bool:
@@ -267,20 +282,25 @@ class _Connection(asyncio.Protocol):
     # ---- httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise httptools.HttpParserError("headers too large")  # answered as a protocol error
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         headers = CIMultiDict(self._headers)
         self._headers = []
+        self._header_bytes = 0
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
         self._until_close = "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "")
-        head, self._head = self._head, None
+        head = self._head
         if head is None or head.done():
             self.abort()  # an answer nobody waits for (timed out, or never asked)
             return
-        response = self._response = UpstreamResponse(self, status, headers)
+        response = UpstreamResponse(self, status, headers)
+        self._head, self._response = None, response
         head.set_result(response)
 
     def on_body(self, body: bytes) -> None:

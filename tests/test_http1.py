@@ -329,6 +329,23 @@ async def test_a_slow_reader_pauses_the_socket_and_loses_nothing(serve) -> None:
     await client.close()
 
 
+async def test_a_large_body_read_whole_is_not_paused(serve) -> None:
+    body = b"y" * (3 * 1024 * 1024)  # far past the streaming high-water mark
+    server = await serve(answer(body))
+    client = HTTPClient()
+    assert await fetch(client, server.port) == (200, body)
+    await client.close()
+
+
+async def test_oversized_headers_are_a_protocol_error(serve) -> None:
+    server = await serve(answer(b"{}", extra=b"".join(b"x-filler-%d: %s\r\n" % (i, b"z" * 1000) for i in range(80))))
+    client = HTTPClient()
+    with pytest.raises(HTTPClientError) as error:
+        await fetch(client, server.port)
+    assert error.value.kind == HTTPClientError.PROTOCOL
+    await client.close()
+
+
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
