@@ -67,11 +67,22 @@ class JsonlDecisionLog:
         self._handler.close()
 
 
+# XADD each argument after the first (the stream's approximate length cap) to KEYS[1]: one
+# key, so it runs unchanged on Redis Cluster.
+_XADD_ALL = """
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'd', ARGV[i])
+end
+return #ARGV - 1
+"""
+
+
 class RedisStreamDecisionLog:
     """XADD to a capped Redis stream, batched; a Redis outage drops records, never requests.
 
-    Records go out every `flush_interval_s`, or as soon as a full batch has gathered: one
-    pipeline per few hundred requests instead of one per event-loop turn."""
+    Records go out every `flush_interval_s`, or as soon as a full batch has gathered, in one
+    script call per batch: one command to encode and one reply to parse for a few hundred
+    records, where a pipeline of XADDs costs the gateway both per record."""
 
     def __init__(self, redis: Any, stream: str = "gateway:decisions", max_len: int = 1_000_000, batch: int = 256,
                  flush_interval_s: float = 0.2) -> None:
@@ -82,6 +93,7 @@ class RedisStreamDecisionLog:
         self._interval = flush_interval_s
         self._pending: list[bytes] = []
         self._wake = asyncio.Event()
+        self._append_all = redis.register_script(_XADD_ALL)
         self._task = asyncio.get_running_loop().create_task(self._run())
         self.dropped = 0
 
@@ -107,10 +119,7 @@ class RedisStreamDecisionLog:
         while self._pending:
             batch, self._pending = self._pending[: self._batch], self._pending[self._batch :]
             try:
-                pipe = self._redis.pipeline(transaction=False)
-                for item in batch:
-                    pipe.xadd(self._stream, {"d": item}, maxlen=self._max_len, approximate=True)
-                await pipe.execute()
+                await self._append_all(keys=[self._stream], args=[self._max_len, *batch])
             except Exception as exc:  # noqa: BLE001 - the log must never take requests down
                 self.dropped += len(batch)
                 log.warning("decision log: dropped %d records, Redis failed: %s", len(batch), type(exc).__name__)
