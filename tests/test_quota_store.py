@@ -498,3 +498,19 @@ async def test_a_failing_script_is_reported_not_taken_for_an_outage(redis_store:
     assert redis_store.script_errors == 1 and redis_store.redis_failures == 0
     following = await redis_store.admit(request())
     assert following.admitted and not following.degraded  # Redis was not marked down
+
+
+async def test_admissions_batched_into_one_script_call_fail_alone(redis_store: RedisQuotaStore) -> None:
+    """Concurrent admits share one `admit_many` call; a payload that breaks the script fails
+    only its own caller, and the others are decided as if each had been sent alone."""
+    from redis.exceptions import ResponseError
+
+    await redis_store.set_cap(SpendCap(TENANT, DAY, 3 * 400))
+    before = redis_store._caller.round_trips
+    good = [redis_store.admit(request()) for _ in range(5)]
+    broken = redis_store._caller.call("admit", b"{not json")
+    *results, failure = await asyncio.gather(*good, broken, return_exceptions=True)
+    assert redis_store._caller.round_trips - before == 1
+    assert isinstance(failure, ResponseError) and "invalid token" in str(failure)
+    assert [r.admitted for r in results] == [True, True, True, False, False]  # the cap affords three
+    assert (await redis_store.get_spend(TENANT, DAY)).reserved_micros == 1200

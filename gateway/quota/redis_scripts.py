@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import Counter
 from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 SCRIPT_NAMES = (
     "admit",
@@ -35,16 +36,57 @@ SCRIPT_NAMES = (
 )
 
 
+# Scripts that concurrent requests call most: a batch's calls of one of these go out as one
+# `<name>_many` call that runs the same body once per payload, in order (each still all or
+# nothing), so the batch costs one command to encode and one reply to parse.
+BATCHED = ("admit",)
+_FAILED = b"!ERR "  # a `_many` reply item whose run raised: the error text follows
+
+
 def load_sources() -> dict[str, str]:
     folder = resources.files(__package__) / "lua"
     lib = (folder / "lib.lua").read_text()
-    return {name: lib + "\n" + (folder / f"{name}.lua").read_text() for name in SCRIPT_NAMES}
+    sources = {name: lib + "\n" + (folder / f"{name}.lua").read_text() for name in SCRIPT_NAMES}
+    for name in BATCHED:
+        body = (folder / f"{name}.lua").read_text()
+        sources[f"{name}_many"] = (
+            f"{lib}\nlocal function run_one(payload)\n  local ARGV = {{ PREFIX, payload }}\n{body}\nend\n"
+            "local out = {}\n"
+            "for i = 2, #ARGV do\n"
+            "  local ok, reply = pcall(run_one, ARGV[i])\n"
+            f"  out[i - 1] = ok and reply or ('{_FAILED.decode()}' .. tostring(reply))\n"
+            "end\n"
+            "return out\n"
+        )
+    return sources
 
 
 _SOURCES = load_sources()
 _SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in _SOURCES.items()}
 
 _Pending = tuple[str, bytes, "asyncio.Future[Any]"]
+_Call = tuple[str, list[bytes], list[int]]  # script, payloads, their places in the batch
+
+
+def _calls(batch: list[_Pending]) -> list[_Call]:
+    """The script calls that carry a batch: one per pending call, except that two or more
+    calls of a BATCHED script become one `_many` call."""
+    calls: list[_Call] = []
+    grouped: dict[str, _Call] = {}
+    counts = Counter(name for name, _, _ in batch)
+    for position, (name, payload, _) in enumerate(batch):
+        if name in BATCHED and counts[name] > 1:
+            call = grouped.get(name)
+            if call is None:
+                call = grouped[name] = (f"{name}_many", [], [])
+                calls.append(call)
+            call[1].append(payload)
+            call[2].append(position)
+        else:
+            calls.append((name, [payload], [position]))
+    return calls
+
+
 # A burst larger than this goes out as several pipelines, so no single reply waits behind
 # hundreds of scripts (each pipeline has its own deadline).
 MAX_BATCH = 128
@@ -99,30 +141,43 @@ class ScriptCaller:
 
     async def _execute(self, batch: list[_Pending]) -> list[Any]:
         self.round_trips += 1
-        if len(batch) == 1:
-            name, payload, _ = batch[0]
+        calls = _calls(batch)
+        if len(calls) == 1:
+            name, args, _ = calls[0]
             try:
-                return [await self._evalsha(name, payload)]
+                replies = [await self._evalsha(name, args)]
             except NoScriptError:
                 await self._client.script_load(_SOURCES[name])
-                return [await self._evalsha(name, payload)]
-        results = await self._pipeline(batch)
-        missing = {batch[i][0] for i, r in enumerate(results) if isinstance(r, NoScriptError)}
-        if missing:
-            for name in missing:
-                await self._client.script_load(_SOURCES[name])
-            retry = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            for i, result in zip(retry, await self._pipeline([batch[i] for i in retry]), strict=True):
-                results[i] = result
+                replies = [await self._evalsha(name, args)]
+        else:
+            replies = await self._pipeline(calls)
+            missing = {calls[i][0] for i, r in enumerate(replies) if isinstance(r, NoScriptError)}
+            if missing:
+                for name in missing:
+                    await self._client.script_load(_SOURCES[name])
+                retry = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+                for i, reply in zip(retry, await self._pipeline([calls[i] for i in retry]), strict=True):
+                    replies[i] = reply
+        results: list[Any] = [None] * len(batch)
+        for (name, _, positions), reply in zip(calls, replies, strict=True):
+            if len(positions) == 1 and not name.endswith("_many"):
+                results[positions[0]] = reply
+            elif isinstance(reply, Exception):
+                for position in positions:
+                    results[position] = reply
+            else:
+                for position, item in zip(positions, reply, strict=True):
+                    failed = isinstance(item, bytes) and item.startswith(_FAILED)
+                    results[position] = ResponseError(item[len(_FAILED):].decode()) if failed else item
         return results
 
-    async def _evalsha(self, name: str, payload: bytes) -> Any:
-        return await self._client.evalsha(_SHAS[name], 1, self._anchor, self._prefix, payload)
+    async def _evalsha(self, name: str, args: list[bytes]) -> Any:
+        return await self._client.evalsha(_SHAS[name], 1, self._anchor, self._prefix, *args)
 
-    async def _pipeline(self, batch: list[_Pending]) -> list[Any]:
+    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
-        for name, payload, _ in batch:
-            pipe.evalsha(_SHAS[name], 1, self._anchor, self._prefix, payload)
+        for name, args, _ in calls:
+            pipe.evalsha(_SHAS[name], 1, self._anchor, self._prefix, *args)
         return list(await pipe.execute(raise_on_error=False))
 
     async def close(self) -> None:
