@@ -514,3 +514,19 @@ async def test_admissions_batched_into_one_script_call_fail_alone(redis_store: R
     assert isinstance(failure, ResponseError) and "invalid token" in str(failure)
     assert [r.admitted for r in results] == [True, True, True, False, False]  # the cap affords three
     assert (await redis_store.get_spend(TENANT, DAY)).reserved_micros == 1200
+
+
+async def test_finished_reservations_in_memory_share_one_record_per_state() -> None:
+    store = MemoryQuotaStore()
+    await store.set_cap(SpendCap(TENANT, DAY, 10_000))
+    settled = [(await store.admit(request())).reservation_id for _ in range(3)]
+    released = [(await store.admit(request())).reservation_id for _ in range(2)]
+    for rid in settled:
+        assert await store.settle(rid, 100, 5) == "settled"
+    for rid in released:
+        assert await store.release(rid)
+    assert len({id(store._reservations[rid]) for rid in settled}) == 1
+    assert len({id(store._reservations[rid]) for rid in released}) == 1
+    assert [await store.settle(rid, 100, 5) for rid in settled + released] == ["duplicate"] * 3 + ["released"] * 2
+    status = await store.get_spend(TENANT, DAY)
+    assert (status.spent_micros, status.reserved_micros) == (300, 0)

@@ -66,10 +66,17 @@ class _Reservation:
     state: str = "active"  # active | expired | settled | released
 
 
+# What a settled or released reservation leaves behind until its retention ends: only its
+# state is read again, so every one of them shares these two records (at thousands of
+# requests a second, a full record each kept the collector busy and memory growing).
+_SETTLED = _Reservation(0, 0, [], [], [], 0.0, "settled")
+_RELEASED = _Reservation(0, 0, [], [], [], 0.0, "released")
+
+
 @dataclass(slots=True)
 class MemoryQuotaStore:
     reservation_ttl_s: float = 300.0
-    record_retention_s: float = 3600.0  # how long finished reservations answer idempotent calls
+    record_retention_s: float = 600.0  # how long finished reservations answer idempotent calls
     clock: Callable[[], float] = time.time
     id_prefix: str = ""
     degraded_count: int = 0
@@ -207,7 +214,7 @@ class MemoryQuotaStore:
                 bucket = counter.window.bucket(now) if counter.rolling is not None else key[2]
                 self.journal.append((key[0], key[1], bucket, item.actual_micros))
         self._adjust_tokens(reservation, item.actual_tokens - reservation.tokens, now)
-        reservation.state = "settled"
+        self._reservations[item.reservation_id] = _SETTLED
         self._finished.append((now, item.reservation_id))
         return "settled" if was_active else "late"
 
@@ -234,7 +241,7 @@ class MemoryQuotaStore:
             if counts.is_live(slot, now) and slot in counts.slots:
                 counts.add(slot, "n", -1)
                 counts.add(slot, tier, -1)
-        reservation.state = "released"
+        self._reservations[reservation_id] = _RELEASED
         self._finished.append((now, reservation_id))
         return True
 
