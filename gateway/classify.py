@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import compress
+from itertools import chain, compress
 from typing import Any
 
 import orjson
@@ -49,7 +49,7 @@ from .classify_rules import (
     compile_rules,
     load_default_rules,
 )
-from .classify_scan import Entries, content_text, detect_pii, scan_context, scan_message
+from .classify_scan import content_text, detect_pii, scan_context, scan_message
 from .tokens import count_messages_tokens, estimate_tokens
 
 __all__ = [
@@ -81,20 +81,19 @@ class Classification:
 
 
 class _Reasons(Mapping[str, str]):
-    """Classification.reasons: the reason per label. The costlier ones are formatted when
-    first read, off the request's path: a reason never changes a decision."""
+    """Classification.reasons: the reason per label. The costlier ones (intent, tier) are
+    formatted when first read, off the request's path: a reason never changes a decision."""
 
     __slots__ = ("_done", "_later")
 
-    def __init__(self, done: dict[str, str], later: dict[str, Callable[[], str]]) -> None:
+    def __init__(self, done: dict[str, str], later: Callable[[], dict[str, str]]) -> None:
         self._done = done
-        self._later: dict[str, Callable[[], str]] | None = later
+        self._later: Callable[[], dict[str, str]] | None = later
 
     def _all(self) -> dict[str, str]:
         later = self._later
-        if later:
-            for key, make in later.items():
-                self._done[key] = make()
+        if later is not None:
+            self._done.update(later())
             self._later = None
         return self._done
 
@@ -117,6 +116,11 @@ def _new_classification(values: dict[str, Any]) -> Classification:
     obj = object.__new__(Classification)
     obj.__dict__.update(values)
     return obj
+
+
+# the needs of a request by (tools, json_schema, vision, streaming) bits, built in that order
+_NEEDS = tuple(frozenset(name for bit, name in enumerate(("tools", "json_schema", "vision", "streaming")) if mask >> bit & 1)
+               for mask in range(16))
 
 
 def _risk(texts: list[str], digits: int, has_run: bool, slots: list[float], hints: Hints,
@@ -144,25 +148,37 @@ def _risk(texts: list[str], digits: int, has_run: bool, slots: list[float], hint
     return level, frozenset(det.name for det in fired), "; ".join(why)
 
 
-def _intent_reason(rules: ClassifierRules, best_index: int, best_score: float, hits: Mapping[bytes, Entries],
-                   context_hits: Mapping[bytes, Entries], values: list[float]) -> str:
+def _intent_reason(rules: ClassifierRules, best_index: int, best_score: float, hits: tuple[int, ...],
+                   context_hits: Iterable[int], values: list[float]) -> str:
     term_slots = rules.term_slots
-    terms = [key.strip().decode() for source in (hits, context_hits) for key in source if best_index in term_slots[key]]
+    terms = [rules.terms[i].strip().decode() for source in (hits, context_hits) for i in source if best_index in term_slots[i]]
     terms += [rules.signal_names[index] for index, _ in rules.intent_signals[best_index] if values[index]]
     return f"score {best_score:.1f}: {', '.join(sorted(set(terms))[:8])}"
 
 
-def _default_intent_reason(rules: ClassifierRules, best_index: int, best_score: float) -> str:
-    return f"default (best {rules.intents[best_index]} scored {best_score:.1f})"
-
-
-def _tier_reason(score: float, contributions: list[tuple[float, str]]) -> str:
+def _tier_reason(rules: ClassifierRules, score: float, values: list[float], intent: str) -> str:
+    # the contributions to the score, computed as classify() summed them
+    contributions = []
+    log1p = math.log1p
+    for signal, cap, scale, is_log, name in compress(rules.feature_rows, map(values.__getitem__, rules.feature_row_signals)):
+        value = values[signal]
+        contributions.append((scale * (log1p(value if value < cap else cap) if is_log else (value if value < cap else cap)), name))
+    contributions.append((rules.intent_priors.get(intent, 0.0), "intent " + intent))
     top = sorted(contributions, key=lambda item: -abs(item[0]))[:4]
     return f"score {score:.2f}: " + ", ".join(f"{name} {c:+.2f}" for c, name in top)
 
 
-def _positive_int(value: Any) -> int | None:
-    return value if type(value) is int and value > 0 else None
+def _later_reasons(rules: ClassifierRules, hinted: bool, intent: str, best_index: int, best_score: float,
+                   hits: tuple[int, ...], context_hits: Iterable[int], values: list[float], score: float) -> dict[str, str]:
+    """The reasons formatted when first read: the intent's (unless a hint set it), the tier's."""
+    later = {}
+    if not hinted:
+        if best_score >= rules.intent_min_score:
+            later["intent"] = _intent_reason(rules, best_index, best_score, hits, context_hits, values)
+        else:
+            later["intent"] = f"default (best {rules.intents[best_index]} scored {best_score:.1f})"
+    later["tier"] = _tier_reason(rules, score, values, intent)
+    return later
 
 
 def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: ClassifierRules) -> Classification:
@@ -200,125 +216,107 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
         roles.append(role)
         texts.append(text)
 
-    current = scan_message(texts[last_user], rules, True, zones=True) if last_user >= 0 else scan_message("", rules, False)
-    hits = current.hits
-    markers = list(current.markers)
-    digits_total = current.digits
-    has_run = current.has_run
+    if last_user >= 0:
+        tokens_current, digits_total, has_run, hits, first_word, numbers, questions, markers = scan_message(
+            texts[last_user], rules, True, zones=True)
+    else:
+        tokens_current, digits_total, has_run, hits, first_word, numbers, questions, markers = scan_message("", rules, False)
     tokens_system = tokens_context = 0
-    context_hits: dict[bytes, Entries] = {}
+    context_scans: list[tuple[int, ...]] = []
     for i, text in enumerate(texts):
         if i == last_user:
             continue
         role = roles[i]
         read_words = role == "user" or role == "system" or role == "developer"
-        scan = scan_context(text, rules, read_words)
-        digits_total += scan.digits
-        has_run = has_run or scan.has_run
+        tokens, digits, run, terms, _, _, _, counts = scan_context(text, rules, read_words)
+        digits_total += digits
+        has_run = has_run or run
         if role == "system" or role == "developer":
-            tokens_system += scan.tokens
+            tokens_system += tokens
         else:
-            tokens_context += scan.tokens
-        if read_words and scan.hits:
-            context_hits.update(scan.hits)
-        if read_words and any(scan.markers):
-            markers = [a + b for a, b in zip(markers, scan.markers)]
-    tokens_current = current.tokens
+            tokens_context += tokens
+        if terms:
+            context_scans.append(terms)
+        if read_words and any(counts):
+            markers = [a + b for a, b in zip(markers, counts)]
     tokens_total = _REPLY_PRIMING + _PER_MESSAGE * len(texts) + tokens_current + tokens_system + tokens_context
 
     # Keywords: the last user message counts fully, its context at context_weight; a term
-    # found in both counts once.
+    # found in both counts once. Each slot adds up in term order, then context order.
     slots = [0.0] * rules.slot_count
-    for entry in hits.values():
-        for slot, weight in entry:
-            slots[slot] += weight
+    for slot, weight in chain.from_iterable(map(rules.term_weights.__getitem__, hits)):
+        slots[slot] += weight
     revision_score = slots[rules.revision_slot]
-    if context_hits:
+    context_hits: Iterable[int] = ()
+    if context_scans:
+        # each term once, where the earliest message has it
+        context_hits = context_scans[0] if len(context_scans) == 1 else dict.fromkeys(chain.from_iterable(context_scans))
         cw = rules.context_weight
-        for key, entry in context_hits.items():
-            if key not in hits:
-                for slot, weight in entry:
+        term_weights = rules.term_weights
+        for term in context_hits:
+            if term not in hits:
+                for slot, weight in term_weights[term]:
                     slots[slot] += cw * weight
 
     tools = body.get("tools") or body.get("functions") or ()
     response_format = body.get("response_format")
     rf_type = response_format.get("type") if response_format and isinstance(response_format, Mapping) else None
-    requested = _positive_int(body.get("max_completion_tokens"))
+    requested = body.get("max_completion_tokens")
     requested_name = "max_completion_tokens"
-    if requested is None:
-        requested, requested_name = _positive_int(body.get("max_tokens")), "max_tokens"
-    questions = current.questions
+    if type(requested) is not int or requested <= 0:
+        requested, requested_name = body.get("max_tokens"), "max_tokens"
+        if type(requested) is not int or requested <= 0:
+            requested = None
     short_question = 0 < tokens_current <= rules.short_max_tokens and (
-        questions > 0 or current.first_word in rules.question_words)
+        questions > 0 or first_word in rules.question_words)
     # in BASE_SIGNALS order, then keyword groups, then markers
     values = [
         tokens_current, tokens_context, tokens_system, tokens_total, user_turns, assistant_turns,
         tool_results, 1 if answered_before and revision_score >= rules.revision_min else 0,
         len(tools), rf_type == "json_schema", rf_type == "json_object", vision, requested or 0,
-        questions, current.numbers, short_question,
-        questions > 0 and current.numbers > 1 and tokens_current <= rules.numeric_max_tokens,
+        questions, numbers, short_question,
+        questions > 0 and numbers > 1 and tokens_current <= rules.numeric_max_tokens,
     ]
     values += slots[rules.kw_slot_offset : rules.risk_slot_offset]
     values += markers
 
-    # One pass over the nonzero signals feeds both the intent scores and the complexity
-    # features (a logistic score over weighted, capped signals).
-    active = rules.active_signals
+    # Only the nonzero signals feed the intent scores and the complexity features (a
+    # logistic score over weighted, capped signals).
+    read = values.__getitem__
     scores = slots[: rules.kw_slot_offset]
-    intents_by_signal = rules.intents_by_signal
-    features_by_signal = rules.features_by_signal
+    for signal, i, weight in compress(rules.intent_rows, map(read, rules.intent_row_signals)):
+        value = values[signal]
+        scores[i] += weight if value >= 1 else weight * value
     log1p = math.log1p
     z = rules.bias
-    contributions: list[tuple[float, str]] = []
-    for index in compress(active, map(values.__getitem__, active)):
-        value = values[index]
-        for i, weight in intents_by_signal[index]:
-            scores[i] += weight if value >= 1 else weight * value
-        for cap, scale, is_log, name in features_by_signal[index]:
-            c = scale * (log1p(value if value < cap else cap) if is_log else (value if value < cap else cap))
-            z += c
-            contributions.append((c, name))
+    for signal, cap, scale, is_log, _ in compress(rules.feature_rows, map(read, rules.feature_row_signals)):
+        value = values[signal]
+        z += scale * (log1p(value if value < cap else cap) if is_log else (value if value < cap else cap))
 
     # Intent: the best keyword + signal score, else the default (ties: the earlier intent).
     reasons: dict[str, str] = {}
-    later: dict[str, Callable[[], str]] = {}
-    if hints.task is not None:
+    hinted = hints.task is not None
+    if hinted:
         intent = hints.task
         reasons["intent"] = f"hint {hints.task_param}"
+        best_index, best_score = 0, 0.0
     else:
-        best_index = max(rules.intent_range, key=scores.__getitem__)
-        best_score = scores[best_index]
-        if best_score >= rules.intent_min_score:
-            intent = rules.intents[best_index]
-            later["intent"] = functools.partial(_intent_reason, rules, best_index, best_score, hits,
-                                                context_hits, values)
-        else:
-            intent = rules.default_intent
-            later["intent"] = functools.partial(_default_intent_reason, rules, best_index, best_score)
-    prior = rules.intent_priors.get(intent, 0.0)
-    z += prior
-    contributions.append((prior, "intent " + intent))
+        best_score = max(scores)
+        best_index = scores.index(best_score)
+        intent = rules.intents[best_index] if best_score >= rules.intent_min_score else rules.default_intent
+    z += rules.intent_priors.get(intent, 0.0)
     score = 1.0 / (1.0 + math.exp(-z))
     tier = TIERS[0]
     for name, bound in rules.tier_bounds:
         if score >= bound:
             tier = name
             break
-    later["tier"] = functools.partial(_tier_reason, score, contributions)
 
     level, pii, reasons["risk"] = _risk(texts, digits_total, has_run, slots, hints, rules)
 
     # Format, needs, latency.
     stream = body.get("stream") is True
-    needs = []
-    if tools:
-        needs.append("tools")
-    if rf_type == "json_schema":
-        needs.append("json_schema")
-    if vision:
-        needs.append("vision")
-    if stream:
-        needs.append("streaming")
+    needs = _NEEDS[(1 if tools else 0) | (2 if rf_type == "json_schema" else 0) | (4 if vision else 0) | (8 if stream else 0)]
     if tools and body.get("tool_choice") != "none":
         fmt, reasons["format"] = "tools", f"{len(tools)} tool definitions"
     elif rf_type == "json_object" or rf_type == "json_schema":
@@ -362,9 +360,11 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
         output_tokens = int(min(expected, rules.output_max))
         reasons["output_tokens"] = f"estimate for {intent}/{tier}"
 
+    later = functools.partial(_later_reasons, rules, hinted, intent, best_index, best_score, hits, context_hits,
+                              values, score)
     return _new_classification({
         "tier": tier, "score": round(score, 4), "intent": intent, "risk": RISKS[level], "format": fmt,
         "latency_class": latency, "input_tokens": input_tokens, "output_tokens": output_tokens,
-        "needs": frozenset(needs), "objective": hints.objective, "latency_budget_ms": hints.budget,
+        "needs": needs, "objective": hints.objective, "latency_budget_ms": hints.budget,
         "reasons": _Reasons(reasons, later), "input_tokens_exact": exact, "pii": pii,
     })

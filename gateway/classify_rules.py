@@ -47,10 +47,16 @@ def words_form(raw: bytes, ascii_only: bool) -> bytes:
     """The form keywords are matched in, the rules' terms and the scanned text alike: UTF-8,
     ASCII letters lower-cased (others keep their case), punctuation, typographic apostrophes
     and whitespace as spaces, a space at each end."""
+    return framed_words_form(b" " + raw + b" ", ascii_only)
+
+
+def framed_words_form(framed: bytes, ascii_only: bool) -> bytes:
+    """words_form of a text that the caller framed with whitespace at each end (as a newline,
+    it comes out as the space): saves copying the text once more."""
     if not ascii_only:
         for quote in _TYPOGRAPHIC_QUOTES:
-            raw = raw.replace(quote, b" ")
-    return b" " + raw.translate(_WORDS_FORM) + b" "
+            framed = framed.replace(quote, b" ")
+    return framed.translate(_WORDS_FORM)
 
 
 @dataclass(frozen=True)
@@ -115,9 +121,9 @@ class ClassifierRules:
     risk_slot_offset: int
     terms: tuple[bytes, ...]  # " term ", in automaton pattern order
     term_entries: Mapping[bytes, tuple[tuple[int, float], ...]]  # " term " -> (slot, weight) pairs
-    term_slots: Mapping[bytes, frozenset[int]]
+    term_slots: tuple[frozenset[int], ...]  # index -> the slots the term feeds
     term_order: Mapping[bytes, int]  # " term " -> its index in `terms`
-    term_items: tuple[tuple[bytes, tuple[tuple[int, float], ...]], ...]  # index -> (" term ", entries)
+    term_weights: tuple[tuple[tuple[int, float], ...], ...]  # index -> (slot, weight) pairs
     automaton: Any  # ahocorasick_rs.BytesAhoCorasick over `terms`, or None without the package
     # without the automaton: words by set intersection, phrases by their anchor word
     vocabulary: frozenset[bytes]
@@ -130,10 +136,13 @@ class ClassifierRules:
     intents: tuple[str, ...]
     intent_priors: Mapping[str, float]
     intent_signals: tuple[tuple[tuple[int, float], ...], ...]  # per intent: (signal index, weight)
-    # per signal index: what a nonzero value feeds, so a request only visits its nonzero signals
-    intents_by_signal: tuple[tuple[tuple[int, float], ...], ...]  # (intent index, weight)
-    features_by_signal: tuple[tuple[tuple[float, float, bool, str], ...], ...]  # cap, weight/denominator, log, name
-    active_signals: tuple[int, ...]  # the signals that feed an intent or a feature
+    # What a nonzero signal feeds, one row per (signal, intent) and per feature, by signal
+    # index, then in the rules' order: a request visits only the rows of its nonzero
+    # signals (itertools.compress over `*_signals`), and every sum adds up in that order.
+    intent_rows: tuple[tuple[int, int, float], ...]  # (signal index, intent index, weight)
+    intent_row_signals: tuple[int, ...]  # the signal index of each intent row
+    feature_rows: tuple[tuple[int, float, float, bool, str], ...]  # signal, cap, weight/denominator, log, name
+    feature_row_signals: tuple[int, ...]  # the signal index of each feature row
     intent_min_score: float
     default_intent: str
     kw_groups: tuple[str, ...]
@@ -142,6 +151,7 @@ class ClassifierRules:
     bias: float
     tier_bounds: tuple[tuple[str, float], ...]  # highest first
     detectors: tuple[Detector, ...]  # fewest min_digits first
+    run_free_detectors: tuple[Detector, ...]  # those that need no digit run, in the same order
     # A digit run: digits and separators, starting and ending with a digit. Found in the
     # text's probe (a digit -> "0", a separator -> "1", anything else -> space), where the
     # regex engine only stops at digits.
@@ -295,6 +305,11 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
     if budget["min"] > budget["max"]:
         raise _bad("hints.latency_budget_ms", "min is above max")
 
+    detectors.sort(key=lambda d: d.min_digits)
+    intent_rows = tuple((k, i, w) for k in range(len(signal_names)) for i, sigs in enumerate(intent_signals) for s, w in sigs if s == k)
+    feature_rows = tuple((k, cap, weight / denom, is_log, name) for k in range(len(signal_names))
+                         for i, cap, weight, is_log, denom, name in features if i == k)
+
     sq = raw["short_question"]
     return ClassifierRules(
         raw=raw,
@@ -314,9 +329,9 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
         risk_slot_offset=len(intents) + len(kw_groups),
         terms=terms,
         term_entries=term_entries,
-        term_slots={k: frozenset(s for s, _ in e) for k, e in term_entries.items()},
+        term_slots=tuple(frozenset(s for s, _ in term_entries[t]) for t in terms),
         term_order={t: i for i, t in enumerate(terms)},
-        term_items=tuple((t, term_entries[t]) for t in terms),
+        term_weights=tuple(term_entries[t] for t in terms),
         automaton=_automaton(terms),
         vocabulary=frozenset(single) | frozenset(phrases),
         single_terms=single,
@@ -326,11 +341,10 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
         intents=intents,
         intent_priors={i: float(raw["intents"][i]["prior"]) for i in intents},
         intent_signals=tuple(intent_signals),
-        intents_by_signal=tuple(tuple((i, w) for i, sigs in enumerate(intent_signals) for s, w in sigs if s == k)
-                                for k in range(len(signal_names))),
-        features_by_signal=tuple(tuple((cap, weight / denom, is_log, name) for i, cap, weight, is_log, denom, name in features if i == k)
-                                 for k in range(len(signal_names))),
-        active_signals=tuple(sorted({f[0] for f in features} | {i for sigs in intent_signals for i, _ in sigs})),
+        intent_rows=intent_rows,
+        intent_row_signals=tuple(row[0] for row in intent_rows),
+        feature_rows=feature_rows,
+        feature_row_signals=tuple(row[0] for row in feature_rows),
         intent_min_score=float(sel["min_score"]),
         default_intent=sel["default"],
         kw_groups=kw_groups,
@@ -338,7 +352,8 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
         revision_min=float(rev["min_score"]),
         bias=float(raw["complexity"]["bias"]),
         tier_bounds=tuple((t, float(tiers[t])) for t in reversed(TIERS[1:])),
-        detectors=tuple(sorted(detectors, key=lambda d: d.min_digits)),
+        detectors=tuple(detectors),
+        run_free_detectors=tuple(d for d in detectors if not d.run),
         digit_run_probe=bytes(0x30 if 0x30 <= b <= 0x39 else 0x31 if b in separators else 0x20 for b in range(256)),
         # a run starts with two digits (cards, phones, IDs all do): the "00" prefix lets the
         # regex engine jump between places where two digits meet

@@ -6,17 +6,17 @@ detectors over everything sent. Pure functions of the text and the compiled rule
 from __future__ import annotations
 
 import functools
+import re
 from collections import Counter
 from collections.abc import Mapping
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from .classify_rules import ClassifierRules, Detector, Markers, words_form
+from .classify_rules import ClassifierRules, Detector, Markers, framed_words_form
 from .tokens import estimate_encoded
 
 _CACHE_MAX_CHARS = 8192  # bounds the cache to ~2048 x 8 KB of text
 
-Entries = tuple[tuple[int, float], ...]  # one term's (slot, weight) pairs
 _FIRST = itemgetter(0)
 
 
@@ -26,11 +26,18 @@ class Scan(NamedTuple):
     tokens: int
     digits: int
     has_run: bool  # holds a digit run as long as the shortest a PII detector needs
-    hits: Mapping[bytes, Entries]  # " term " -> (slot, weight) pairs, in the instruction zones
+    hits: tuple[int, ...]  # indexes into rules.terms of the terms in the instruction zones, rising
     first_word: bytes
     numbers: int
     questions: int
     markers: tuple[int, ...]  # in rules.markers.signals order
+
+
+# Scan(...) runs NamedTuple's __new__, a Python function; tuple.__new__ builds the same
+# record in C, on the path of every request.
+_new_scan = tuple.__new__
+# "0000", "00!00" or "00 00" in the classes of a text (see scan_message), in one search
+_DIGIT_PAIRS = re.compile(rb"00[! ]?00")
 
 
 def content_text(content: Any) -> tuple[str, bool]:
@@ -66,38 +73,40 @@ def _find_terms(segment: bytes, rules: ClassifierRules) -> set[int]:
     return found
 
 
-def _keyword_hits(padded: bytes, rules: ClassifierRules) -> dict[bytes, Entries]:
-    """Terms found in `padded` (the words_form of a text), as " term " -> (slot, weight) pairs.
+def _keyword_hits(padded: bytes, rules: ClassifierRules) -> tuple[int, ...]:
+    """Indexes of the terms found in `padded` (the words_form of a text), rising: a term
+    found twice counts once, and weights add up in one order whatever the hash seed.
 
     A term matches whole words: punctuation counts as a space, and the words of a phrase
     must be separated by a single space or punctuation mark.
     """
     if rules.automaton is not None:
-        found = set(map(_FIRST, rules.automaton.find_matches_as_indexes(padded, overlapping=True)))
-    else:
-        found = _find_terms(padded, rules)
-    # sorted, so weights add up in one order whatever the hash seed (a tie stays a tie)
-    return dict(map(rules.term_items.__getitem__, sorted(found)))
+        return tuple(sorted(set(map(_FIRST, rules.automaton.find_matches_as_indexes(padded, overlapping=True)))))
+    return tuple(sorted(_find_terms(padded, rules)))
 
 
 def _count_markers(scan: bytes, markers: Markers) -> tuple[int, ...]:
-    """Marker counts in `scan` (UTF-8 starting with a newline): every occurrence of every
-    marker, so "x^2" counts for both "x^" and "^2"."""
-    signal_of = markers.signal_of
+    """Marker counts in `scan` (UTF-8 starting with a newline), then the count of "?": every
+    occurrence of every marker, so "x^2" counts for both "x^" and "^2"."""
     if markers.automaton is not None:
         found = markers.automaton.find_matches_as_indexes(scan, overlapping=True)
-        if not found:
-            return markers.zero
-        if len(found) > 24:  # code: counting in C pays for the Counter's own cost
-            tally = Counter(map(signal_of.__getitem__, map(_FIRST, found)))
-            return tuple(map(tally.__getitem__, range(len(markers.zero))))
-        counts = list(markers.zero)
-        for i in map(_FIRST, found):
-            counts[signal_of[i]] += 1
-        return tuple(counts)
+        return _tally(found, markers) if found else markers.zero
     counts = list(markers.zero)  # the same, except that a marker overlapping itself ("==" in "===") counts once
+    signal_of = markers.signal_of
     for i, pattern in enumerate(markers.patterns):
         counts[signal_of[i]] += scan.count(pattern)
+    return tuple(counts)
+
+
+def _tally(found: list[tuple[int, int, int]], markers: Markers) -> tuple[int, ...]:
+    """The counts per signal of the automaton's matches."""
+    signal_of = markers.signal_of
+    if len(found) > 24:  # code: counting in C pays for the Counter's own cost
+        tally = Counter(map(signal_of.__getitem__, map(_FIRST, found)))
+        return tuple(map(tally.__getitem__, range(len(markers.zero))))
+    counts = list(markers.zero)
+    for i in map(_FIRST, found):
+        counts[signal_of[i]] += 1
     return tuple(counts)
 
 
@@ -106,31 +115,52 @@ def scan_message(text: str, rules: ClassifierRules, read_words: bool, zones: boo
     `read_words`. With `zones` (the last user message) keywords are read in its instruction
     zones only; a system prompt or an earlier turn is read up to head/tail_chars like markers."""
     raw = text.encode("utf-8")
-    tokens, digits, numbers, classes = estimate_encoded(raw, len(text))
+    chars = len(text)
+    tokens, digits, numbers, classes = estimate_encoded(raw, chars)
     # Might the text hold a run of digits and separators long enough for a card, phone or
     # ID number? Only if it has that many digits, and two pairs of digits at most one
     # character apart (every such number has them), looked up in the estimate's classes.
     has_run = (
         digits >= rules.digit_run_min_digits
-        and (b"0000" in classes or b"00!00" in classes or b"00 00" in classes)
+        and _DIGIT_PAIRS.search(classes) is not None
         and rules.digit_run_regex.search(raw.translate(rules.digit_run_probe)) is not None
     )
     if not read_words or not text:
-        return Scan(tokens, digits, has_run, {}, b"", 0, 0, rules.markers.empty)
-    ascii_only = len(raw) == len(text)
-    # Markers (structure: code, lists, math) are read up to head/tail_chars.
-    if len(text) > rules.head_chars + rules.tail_chars:
-        raw = (text[: rules.head_chars] + "\n" + text[len(text) - rules.tail_chars :]).encode("utf-8")
-    counts = _count_markers(b"\n" + raw, rules.markers)
+        return _new_scan(Scan, (tokens, digits, has_run, (), b"", 0, 0, rules.markers.empty))
+    # ASCII text is sliced as bytes: the same bytes as slicing the text and encoding again.
+    ascii_only = len(raw) == chars
+    # Markers (structure: code, lists, math) are read up to head/tail_chars, after a newline.
+    head = rules.head_chars
+    tail = rules.tail_chars
+    if chars <= head + tail:
+        clip = b"\n" + raw
+    elif ascii_only:
+        clip = b"\n".join((b"", raw[:head], raw[chars - tail :]))
+    else:
+        clip = ("\n" + text[:head] + "\n" + text[chars - tail :]).encode("utf-8")
+    markers = rules.markers
+    if markers.automaton is None:
+        counts = _count_markers(clip, markers)
+    else:  # _count_markers, inline on the path of every request
+        found = markers.automaton.find_matches_as_indexes(clip, overlapping=True)
+        counts = _tally(found, markers) if found else markers.zero
     # Keywords of the question are read in its instruction zones: the first and last
     # focus_chars (all of a short message); what lies between is usually pasted material.
+    # Context is read where its markers are. Either is framed by newlines for words_form.
     focus = rules.focus_chars
-    if zones and len(text) > 3 * focus:
-        raw = (text[:focus] + "\n" + text[len(text) - focus :]).encode("utf-8")
-    words = words_form(raw, ascii_only)
-    hits = _keyword_hits(words, rules)
+    if not zones or chars <= 3 * focus:
+        framed = clip + b"\n"
+    elif ascii_only:
+        framed = b"\n".join((b"", raw[:focus], raw[chars - focus :], b""))
+    else:
+        framed = ("\n" + text[:focus] + "\n" + text[chars - focus :] + "\n").encode("utf-8")
+    words = framed_words_form(framed, ascii_only)
+    if rules.automaton is None:
+        hits = _keyword_hits(words, rules)
+    else:  # _keyword_hits, inline
+        hits = tuple(sorted(set(map(_FIRST, rules.automaton.find_matches_as_indexes(words, overlapping=True)))))
     first = words.split(None, 1)
-    return Scan(tokens, digits, has_run, hits, first[0] if first else b"", numbers, counts[-1], counts[:-1])
+    return _new_scan(Scan, (tokens, digits, has_run, hits, first[0] if first else b"", numbers, counts[-1], counts[:-1]))
 
 
 # System prompts and earlier turns come back with every request of an app or a
@@ -175,11 +205,10 @@ def detect_pii(texts: list[str], digits: int, has_run: bool, rules: ClassifierRu
     all_text = ""
     runs: list[str] | None = None
     longest = 0
-    for det in rules.detectors:
+    # without a digit run, only the detectors that need none (usually just the email's)
+    for det in rules.detectors if has_run else rules.run_free_detectors:
         if digits < det.min_digits:
             break  # the rest need even more digits
-        if det.run and not has_run:
-            continue
         if det.substring is not None:
             for text in texts:
                 if det.substring in text:

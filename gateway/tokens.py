@@ -55,6 +55,8 @@ _CLASS_OF = bytes(
     0x30 if 0x30 <= b <= 0x39 else 0x21 if b in _PUNCT else 0x20 if b in _WHITESPACE else b for b in range(256)
 )
 _DROP = bytes(b for b in range(256) if not (0x30 <= b <= 0x39 or b in _PUNCT or b in _WHITESPACE))
+# punctuation as whitespace: what is left between the spaces are the numbers
+_NUMBERS_APART = bytes(0x20 if b == 0x21 else b for b in range(256))
 
 _encoding: tiktoken.Encoding | None = None
 _encoding_lock = threading.Lock()
@@ -79,10 +81,9 @@ def estimate_encoded(raw: bytes, chars: int) -> tuple[int, int, int, bytes]:
         return 0, 0, 0, b""
     kept = raw.translate(_CLASS_OF, _DROP)
     digits = kept.count(b"0")
-    numbers = 0
-    if digits:
-        # letters are dropped, so a run of "0" starts after whitespace or punctuation
-        numbers = kept.count(b" 0") + kept.count(b"!0") + (kept[0] == 0x30)
+    # letters are dropped, so a run of "0" is a number: split apart, counted in C (a count
+    # of " 0" and "!0" searches for a two-byte pattern among the spaces, twice as slow)
+    numbers = len(kept.translate(_NUMBERS_APART).split()) if digits else 0
     whitespace = kept.count(b" ")
     estimate = (
         _INTERCEPT

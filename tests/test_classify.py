@@ -402,3 +402,39 @@ def test_any_text_gets_valid_labels(rules: ClassifierRules) -> None:
         assert dict(c.reasons)  # every reason formats
 
     check()
+
+
+def test_digit_run_prefilter_is_the_documented_one(rules: ClassifierRules) -> None:
+    # has_run: enough digits, two pairs of digits at most one character apart in the
+    # estimate's classes ("0000", "00!00" or "00 00"), and a digit run in the probe
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from gateway.classify_scan import scan_message
+    from gateway.tokens import estimate_encoded
+
+    def reference(text: str) -> bool:
+        raw = text.encode("utf-8")
+        _, digits, _, classes = estimate_encoded(raw, len(text))
+        return (digits >= rules.digit_run_min_digits
+                and (b"0000" in classes or b"00!00" in classes or b"00 00" in classes)
+                and rules.digit_run_regex.search(raw.translate(rules.digit_run_probe)) is not None)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(alphabet=st.sampled_from(list("0123456789 ().+/-,:xA\n")), max_size=40))
+    def check(text: str) -> None:
+        assert scan_message(text, rules, True).has_run == reference(text)
+
+    check()
+    for text, _, _ in PII_CASES:
+        assert scan_message(text, rules, True, zones=True).has_run == reference(text)
+
+
+def test_lazy_reasons_are_formatted_once_and_read_alike(rules: ClassifierRules) -> None:
+    for request in MIXED:
+        c = classify(request, {}, rules)
+        first = list(c.reasons.items())
+        assert list(c.reasons.items()) == first and len(c.reasons) == len(first)
+        assert repr(c.reasons) == repr(dict(first))
+    hinted = classify(MIXED[0], {"x-gateway-task": "code"}, rules)
+    assert list(hinted.reasons)[0] == "intent" and list(hinted.reasons)[-1] == "tier"

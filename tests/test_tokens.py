@@ -90,3 +90,42 @@ def test_count_messages_tokens_counts_names_parts_and_tool_calls() -> None:
     call = [{"role": "assistant", "content": None, "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]}]
     assert count_messages_tokens(call) == 3 + 1 + count_tokens("get_weather") + count_tokens('{"city":"Paris"}') + 3
+
+
+def _numbers_reference(text: str) -> int:
+    # runs of ASCII digits once everything but digits, ASCII punctuation and whitespace is
+    # dropped (so "12a34" is one number, "1.5" two)
+    import re
+    import string
+
+    keep = set((string.digits + string.punctuation + " \t\n\r\x0b\x0c").encode())
+    kept = bytes(b for b in text.encode("utf-8") if b in keep)
+    return len(re.findall(rb"[0-9]+", kept))
+
+
+@pytest.mark.parametrize("text", [
+    "", "7", "12a34", "1.5 and 2,000", "Invoice 2024-0117: 3 x $19.99", "x1y2z3", "  42  ", "٣ and 3",
+    "phone (415) 555-0132, card 4111 1111 1111 1111", "no digits at all", "0\n0\t0!0", "café 12€ 3",
+])
+def test_estimate_encoded_counts_numbers_as_digit_runs(text: str) -> None:
+    from gateway.tokens import estimate_encoded
+
+    raw = text.encode("utf-8")
+    _, digits, numbers, classes = estimate_encoded(raw, len(text))
+    assert numbers == _numbers_reference(text)
+    assert digits == sum(c in "0123456789" for c in text)
+    assert set(classes) <= set(b"0! ")
+
+
+def test_estimate_encoded_numbers_on_any_text() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from gateway.tokens import estimate_encoded
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(alphabet=st.sampled_from(list("0123456789 .,-!\n\tabcZ€é")), max_size=60))
+    def check(text: str) -> None:
+        assert estimate_encoded(text.encode("utf-8"), len(text))[2] == _numbers_reference(text)
+
+    check()
