@@ -29,16 +29,15 @@ path gives the same keyword results.
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import chain, compress
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-from .classify_hints import HintError, Hints, read_hints
+from .classify_hints import NO_HINTS, HintError, Hints, read_hints
 from .classify_rules import (
     BASE_SIGNALS,
     FORMATS,
@@ -46,11 +45,12 @@ from .classify_rules import (
     RISKS,
     TIERS,
     ClassifierRules,
+    Detector,
     compile_rules,
     load_default_rules,
 )
 from .classify_scan import content_text, detect_pii, scan_context, scan_message
-from .tokens import count_messages_tokens, estimate_tokens
+from .tokens import count_messages_tokens, estimate_utf8
 
 __all__ = [
     "BASE_SIGNALS", "FORMATS", "LATENCY_CLASSES", "RISKS", "TIERS", "Classification", "ClassifierRules",
@@ -80,22 +80,45 @@ class Classification:
     pii: frozenset[str] = frozenset()  # names of the PII detectors that fired
 
 
+class _Later(NamedTuple):
+    """What a classification's reasons are formatted from, when first read."""
+
+    rules: ClassifierRules
+    hints: Hints
+    intent: str
+    tier: str
+    score: float
+    best_index: int  # the best intent by score (unless a hint set the intent)
+    best_score: float
+    hits: tuple[int, ...]  # terms of the last user message
+    context_hits: Iterable[int]  # terms of its context
+    values: list[Any]  # the signals
+    risk: str  # the risk's reason (formatted with the PII check)
+    format: str
+    tools: int  # tool definitions
+    rf_type: Any  # response_format.type
+    stream: bool
+    service_tier: Any  # read when neither streaming nor a latency budget set the latency class
+    exact_near: int | None  # the context-window size input_tokens was counted exactly near
+    requested: str | None  # the field that set output_tokens
+
+
 class _Reasons(Mapping[str, str]):
-    """Classification.reasons: the reason per label. The costlier ones (intent, tier) are
-    formatted when first read, off the request's path: a reason never changes a decision."""
+    """Classification.reasons: the reason per label, formatted when first read, off the
+    request's path: a reason never changes a decision."""
 
-    __slots__ = ("_done", "_later")
+    __slots__ = ("_later", "_reasons")
 
-    def __init__(self, done: dict[str, str], later: Callable[[], dict[str, str]]) -> None:
-        self._done = done
-        self._later: Callable[[], dict[str, str]] | None = later
+    def __init__(self, later: _Later) -> None:
+        self._later: _Later | None = later
+        self._reasons: dict[str, str] | None = None
 
     def _all(self) -> dict[str, str]:
-        later = self._later
-        if later is not None:
-            self._done.update(later())
+        reasons = self._reasons
+        if reasons is None:
+            reasons = self._reasons = _format_reasons(self._later)  # type: ignore[arg-type]
             self._later = None
-        return self._done
+        return reasons
 
     def __getitem__(self, key: str) -> str:
         return self._all()[key]
@@ -110,30 +133,27 @@ class _Reasons(Mapping[str, str]):
         return repr(self._all())
 
 
-def _new_classification(values: dict[str, Any]) -> Classification:
-    """Classification(**values), without the frozen dataclass's object.__setattr__ per field
-    (5 µs of the classifier's budget); `values` must name every field."""
-    obj = object.__new__(Classification)
-    obj.__dict__.update(values)
-    return obj
-
+# Classification(**fields) without the frozen dataclass's object.__setattr__ per field
+# (5 µs of the classifier's budget): a new instance gets its __dict__ whole.
+_new_object = object.__new__
+_new_tuple = tuple.__new__  # a NamedTuple, without its __new__ in Python
+_set_attribute = object.__setattr__
 
 # the needs of a request by (tools, json_schema, vision, streaming) bits, built in that order
 _NEEDS = tuple(frozenset(name for bit, name in enumerate(("tools", "json_schema", "vision", "streaming")) if mask >> bit & 1)
                for mask in range(16))
+_NO_RISK = "no PII or sensitive wording found"
 
 
-def _risk(texts: list[str], digits: int, has_run: bool, slots: list[float], hints: Hints,
-          rules: ClassifierRules) -> tuple[int, frozenset[str], str]:
-    """PII detectors over everything sent, then sensitive wording, then the client's hint."""
+def _risk(fired: list[Detector], slots: list[float], hints: Hints, rules: ClassifierRules) -> tuple[int, frozenset[str], str]:
+    """The PII detectors that fired, then sensitive wording, then the client's hint."""
     level = 0
     why: list[str] = []
-    fired = detect_pii(texts, digits, has_run, rules)
     for det in fired:
         level = max(level, det.level)
         why.append(f"{det.name} detected")
     offset = rules.risk_slot_offset
-    for k, (group, group_level, with_pii) in enumerate(rules.risk_groups) if any(slots[offset:]) else ():
+    for k, (group, group_level, with_pii) in enumerate(rules.risk_groups):
         if slots[offset + k]:
             if fired and with_pii is not None:
                 group_level = with_pii
@@ -144,46 +164,70 @@ def _risk(texts: list[str], digits: int, has_run: bool, slots: list[float], hint
         level = hints.risk
         why.append(f"raised by hint {hints.risk_param}")
     if not why:
-        return 0, _NONE, "no PII or sensitive wording found"
+        return 0, _NONE, _NO_RISK
     return level, frozenset(det.name for det in fired), "; ".join(why)
 
 
 def _intent_reason(rules: ClassifierRules, best_index: int, best_score: float, hits: tuple[int, ...],
-                   context_hits: Iterable[int], values: list[float]) -> str:
+                   context_hits: Iterable[int], values: list[Any]) -> str:
     term_slots = rules.term_slots
     terms = [rules.terms[i].strip().decode() for source in (hits, context_hits) for i in source if best_index in term_slots[i]]
     terms += [rules.signal_names[index] for index, _ in rules.intent_signals[best_index] if values[index]]
     return f"score {best_score:.1f}: {', '.join(sorted(set(terms))[:8])}"
 
 
-def _tier_reason(rules: ClassifierRules, score: float, values: list[float], intent: str) -> str:
+def _tier_reason(rules: ClassifierRules, score: float, values: list[Any], intent: str) -> str:
     # the contributions to the score, computed as classify() summed them
     contributions = []
     log1p = math.log1p
-    for signal, cap, scale, is_log, name in compress(rules.feature_rows, map(values.__getitem__, rules.feature_row_signals)):
-        value = values[signal]
+    picked = rules.feature_row_values(values)
+    for (cap, scale, is_log), value, name in compress(zip(rules.feature_rows, picked, rules.feature_names), picked):
         contributions.append((scale * (log1p(value if value < cap else cap) if is_log else (value if value < cap else cap)), name))
     contributions.append((rules.intent_priors.get(intent, 0.0), "intent " + intent))
     top = sorted(contributions, key=lambda item: -abs(item[0]))[:4]
     return f"score {score:.2f}: " + ", ".join(f"{name} {c:+.2f}" for c, name in top)
 
 
-def _later_reasons(rules: ClassifierRules, hinted: bool, intent: str, best_index: int, best_score: float,
-                   hits: tuple[int, ...], context_hits: Iterable[int], values: list[float], score: float) -> dict[str, str]:
-    """The reasons formatted when first read: the intent's (unless a hint set it), the tier's."""
-    later = {}
-    if not hinted:
-        if best_score >= rules.intent_min_score:
-            later["intent"] = _intent_reason(rules, best_index, best_score, hits, context_hits, values)
+def _format_reasons(later: _Later) -> dict[str, str]:
+    """The reason per label, in the order classify() decides them."""
+    rules, hints = later.rules, later.hints
+    reasons = {}
+    if hints.task is not None:
+        reasons["intent"] = f"hint {hints.task_param}"
+    reasons["risk"] = later.risk
+    if later.format == "tools":
+        reasons["format"] = f"{later.tools} tool definitions"
+    elif later.format == "json":
+        reasons["format"] = f"response_format {later.rf_type}"
+    else:
+        reasons["format"] = "no tools or JSON response_format"
+    if later.stream:
+        reasons["latency_class"] = "streamed response"
+    elif hints.budget is not None and hints.budget >= rules.batch_min_budget_ms:
+        reasons["latency_class"] = f"latency budget {hints.budget} ms"
+    elif later.service_tier in rules.batch_service_tiers:
+        reasons["latency_class"] = f"service_tier {later.service_tier}"
+    else:
+        reasons["latency_class"] = "default"
+    if hints.objective is not None:
+        reasons["objective"] = f"hint {hints.objective_param}"
+    if hints.budget is not None:
+        reasons["latency_budget_ms"] = f"hint {hints.budget_param}"
+    reasons["input_tokens"] = "estimate" if later.exact_near is None else f"exact count (estimate near {later.exact_near})"
+    reasons["output_tokens"] = later.requested or f"estimate for {later.intent}/{later.tier}"
+    if hints.task is None:
+        if later.best_score >= rules.intent_min_score:
+            reasons["intent"] = _intent_reason(rules, later.best_index, later.best_score, later.hits, later.context_hits,
+                                               later.values)
         else:
-            later["intent"] = f"default (best {rules.intents[best_index]} scored {best_score:.1f})"
-    later["tier"] = _tier_reason(rules, score, values, intent)
-    return later
+            reasons["intent"] = f"default (best {rules.intents[later.best_index]} scored {later.best_score:.1f})"
+    reasons["tier"] = _tier_reason(rules, later.score, later.values, later.intent)
+    return reasons
 
 
 def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: ClassifierRules) -> Classification:
     """Label one chat-completions request. Pure and deterministic; raises HintError for a bad hint."""
-    hints = read_hints(body, headers, rules)
+    hints = read_hints(body, headers, rules) if headers or "metadata" in body else NO_HINTS
 
     # The last user message is what is asked now; the system prompt and earlier user turns
     # frame it; every message (assistant and tool turns too) is sent upstream and counts
@@ -282,23 +326,19 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
 
     # Only the nonzero signals feed the intent scores and the complexity features (a
     # logistic score over weighted, capped signals).
-    read = values.__getitem__
     scores = slots[: rules.kw_slot_offset]
-    for signal, i, weight in compress(rules.intent_rows, map(read, rules.intent_row_signals)):
-        value = values[signal]
+    picked = rules.intent_row_values(values)
+    for (i, weight), value in zip(compress(rules.intent_rows, picked), filter(None, picked)):
         scores[i] += weight if value >= 1 else weight * value
     log1p = math.log1p
     z = rules.bias
-    for signal, cap, scale, is_log, _ in compress(rules.feature_rows, map(read, rules.feature_row_signals)):
-        value = values[signal]
+    picked = rules.feature_row_values(values)
+    for (cap, scale, is_log), value in zip(compress(rules.feature_rows, picked), filter(None, picked)):
         z += scale * (log1p(value if value < cap else cap) if is_log else (value if value < cap else cap))
 
     # Intent: the best keyword + signal score, else the default (ties: the earlier intent).
-    reasons: dict[str, str] = {}
-    hinted = hints.task is not None
-    if hinted:
+    if hints.task is not None:
         intent = hints.task
-        reasons["intent"] = f"hint {hints.task_param}"
         best_index, best_score = 0, 0.0
     else:
         best_score = max(scores)
@@ -312,59 +352,58 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
             tier = name
             break
 
-    level, pii, reasons["risk"] = _risk(texts, digits_total, has_run, slots, hints, rules)
+    fired = detect_pii(texts, digits_total, has_run, rules)
+    if fired or hints.risk is not None or any(slots[rules.risk_slot_offset :]):
+        level, pii, risk_reason = _risk(fired, slots, hints, rules)
+    else:
+        level, pii, risk_reason = 0, _NONE, _NO_RISK
 
     # Format, needs, latency.
     stream = body.get("stream") is True
     needs = _NEEDS[(1 if tools else 0) | (2 if rf_type == "json_schema" else 0) | (4 if vision else 0) | (8 if stream else 0)]
     if tools and body.get("tool_choice") != "none":
-        fmt, reasons["format"] = "tools", f"{len(tools)} tool definitions"
+        fmt = "tools"
     elif rf_type == "json_object" or rf_type == "json_schema":
-        fmt, reasons["format"] = "json", f"response_format {rf_type}"
+        fmt = "json"
     else:
-        fmt, reasons["format"] = "text", "no tools or JSON response_format"
+        fmt = "text"
+    service_tier = None  # read only when neither streaming nor a latency budget decides
     if stream:
-        latency, reasons["latency_class"] = "interactive", "streamed response"
-    elif hints.budget is not None and hints.budget >= rules.batch_min_budget_ms:
-        latency, reasons["latency_class"] = "batch", f"latency budget {hints.budget} ms"
-    elif body.get("service_tier") in rules.batch_service_tiers:
-        latency, reasons["latency_class"] = "batch", f"service_tier {body.get('service_tier')}"
+        latency = "interactive"
+    elif (hints.budget is not None and hints.budget >= rules.batch_min_budget_ms
+          or (service_tier := body.get("service_tier")) in rules.batch_service_tiers):
+        latency = "batch"
     else:
-        latency, reasons["latency_class"] = "interactive", "default"
-    if hints.objective is not None:
-        reasons["objective"] = f"hint {hints.objective_param}"
-    if hints.budget is not None:
-        reasons["latency_budget_ms"] = f"hint {hints.budget_param}"
+        latency = "interactive"
 
     # Tokens: estimate, and count exactly only where a context-window size is close.
-    tools_tokens = estimate_tokens(orjson.dumps(tools).decode()) if tools else 0
+    tools_tokens = estimate_utf8(orjson.dumps(tools)) if tools else 0
     input_tokens = tokens_total + tools_tokens
-    exact = False
-    reasons["input_tokens"] = "estimate"
+    exact_near = None
     for low, high, size in rules.exact_bands:
         if input_tokens < low:
             break
         if input_tokens <= high:
             input_tokens = count_messages_tokens(messages) + tools_tokens
-            exact = True
-            reasons["input_tokens"] = f"exact count (estimate near {size})"
+            exact_near = size
             break
     if requested is not None:
         output_tokens = requested
-        reasons["output_tokens"] = requested_name
     else:
+        requested_name = None
         expected = rules.output_by_intent[intent] * rules.tier_factor[tier]
         ratio = rules.input_ratio.get(intent)
         if ratio:
             expected = max(expected, ratio * tokens_current)
         output_tokens = int(min(expected, rules.output_max))
-        reasons["output_tokens"] = f"estimate for {intent}/{tier}"
 
-    later = functools.partial(_later_reasons, rules, hinted, intent, best_index, best_score, hits, context_hits,
-                              values, score)
-    return _new_classification({
+    later = _new_tuple(_Later, (rules, hints, intent, tier, score, best_index, best_score, hits, context_hits, values,
+                                risk_reason, fmt, len(tools), rf_type, stream, service_tier, exact_near, requested_name))
+    result = _new_object(Classification)
+    _set_attribute(result, "__dict__", {
         "tier": tier, "score": round(score, 4), "intent": intent, "risk": RISKS[level], "format": fmt,
         "latency_class": latency, "input_tokens": input_tokens, "output_tokens": output_tokens,
         "needs": needs, "objective": hints.objective, "latency_budget_ms": hints.budget,
-        "reasons": _Reasons(reasons, later), "input_tokens_exact": exact, "pii": pii,
+        "reasons": _Reasons(later), "input_tokens_exact": exact_near is not None, "pii": pii,
     })
+    return result

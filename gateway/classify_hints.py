@@ -50,7 +50,7 @@ class Hints:
     budget_param: str = ""
 
 
-_NO_HINTS = Hints()
+NO_HINTS = Hints()  # what a request without hint headers or metadata gets
 
 
 def _read_hint(headers: Mapping[str, str], metadata: Mapping[str, Any] | None, header: str, key: str) -> tuple[Any, str]:
@@ -79,7 +79,7 @@ def read_hints(body: Mapping[str, Any], headers: Mapping[str, str], rules: Class
     if not isinstance(metadata, Mapping):
         metadata = None
     if metadata is None and (not headers or not any(name in headers for name in _HINT_HEADERS)):
-        return _NO_HINTS
+        return NO_HINTS
     task, task_param = _read_hint(headers, metadata, "x-gateway-task", "gateway_task")
     if task is not None:
         task = _choice(task, task_param, rules.intents)

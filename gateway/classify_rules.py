@@ -9,6 +9,7 @@ import functools
 import importlib.resources
 import json
 import math
+import operator
 import re
 import string
 from collections.abc import Callable, Mapping
@@ -138,11 +139,12 @@ class ClassifierRules:
     intent_signals: tuple[tuple[tuple[int, float], ...], ...]  # per intent: (signal index, weight)
     # What a nonzero signal feeds, one row per (signal, intent) and per feature, by signal
     # index, then in the rules' order: a request visits only the rows of its nonzero
-    # signals (itertools.compress over `*_signals`), and every sum adds up in that order.
-    intent_rows: tuple[tuple[int, int, float], ...]  # (signal index, intent index, weight)
-    intent_row_signals: tuple[int, ...]  # the signal index of each intent row
-    feature_rows: tuple[tuple[int, float, float, bool, str], ...]  # signal, cap, weight/denominator, log, name
-    feature_row_signals: tuple[int, ...]  # the signal index of each feature row
+    # signals (itertools.compress over `*_values(values)`), and every sum adds up in that order.
+    intent_rows: tuple[tuple[int, float], ...]  # (intent index, weight)
+    intent_row_values: Callable[[list[Any]], tuple[Any, ...]]  # signal values -> the value of each intent row
+    feature_rows: tuple[tuple[float, float, bool], ...]  # cap, weight/denominator, log
+    feature_row_values: Callable[[list[Any]], tuple[Any, ...]]  # signal values -> the value of each feature row
+    feature_names: tuple[str, ...]  # per feature row
     intent_min_score: float
     default_intent: str
     kw_groups: tuple[str, ...]
@@ -306,9 +308,9 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
         raise _bad("hints.latency_budget_ms", "min is above max")
 
     detectors.sort(key=lambda d: d.min_digits)
-    intent_rows = tuple((k, i, w) for k in range(len(signal_names)) for i, sigs in enumerate(intent_signals) for s, w in sigs if s == k)
-    feature_rows = tuple((k, cap, weight / denom, is_log, name) for k in range(len(signal_names))
-                         for i, cap, weight, is_log, denom, name in features if i == k)
+    intent_rows = [(k, i, w) for k in range(len(signal_names)) for i, sigs in enumerate(intent_signals) for s, w in sigs if s == k]
+    feature_rows = [(k, cap, weight / denom, is_log, name) for k in range(len(signal_names))
+                    for i, cap, weight, is_log, denom, name in features if i == k]
 
     sq = raw["short_question"]
     return ClassifierRules(
@@ -341,10 +343,11 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
         intents=intents,
         intent_priors={i: float(raw["intents"][i]["prior"]) for i in intents},
         intent_signals=tuple(intent_signals),
-        intent_rows=intent_rows,
-        intent_row_signals=tuple(row[0] for row in intent_rows),
-        feature_rows=feature_rows,
-        feature_row_signals=tuple(row[0] for row in feature_rows),
+        intent_rows=tuple((i, w) for _, i, w in intent_rows),
+        intent_row_values=_picker([row[0] for row in intent_rows]),
+        feature_rows=tuple((cap, scale, is_log) for _, cap, scale, is_log, _ in feature_rows),
+        feature_row_values=_picker([row[0] for row in feature_rows]),
+        feature_names=tuple(row[-1] for row in feature_rows),
         intent_min_score=float(sel["min_score"]),
         default_intent=sel["default"],
         kw_groups=kw_groups,
@@ -370,6 +373,13 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
         budget_min=budget["min"],
         budget_max=budget["max"],
     )
+
+
+def _picker(indexes: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
+    """values -> tuple(values[i] for i in indexes), in one C call (operator.itemgetter)."""
+    if len(indexes) > 1:
+        return operator.itemgetter(*indexes)
+    return lambda values: tuple(values[i] for i in indexes)
 
 
 def _automaton(terms: tuple[bytes, ...]) -> Any:

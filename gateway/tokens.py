@@ -69,6 +69,13 @@ def estimate_tokens(text: str) -> int:
     return estimate_encoded(text.encode("utf-8"), len(text))[0]
 
 
+def estimate_utf8(raw: bytes) -> int:
+    """estimate_tokens of the text that `raw` encodes (UTF-8), without decoding ASCII."""
+    if not raw:
+        return 0
+    return estimate_encoded(raw, len(raw) if raw.isascii() else len(raw.decode("utf-8")))[0]
+
+
 def estimate_encoded(raw: bytes, chars: int) -> tuple[int, int, int, bytes]:
     """For UTF-8 text of `chars` characters: (token estimate, ASCII digits, numbers, classes).
 
