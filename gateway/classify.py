@@ -22,9 +22,12 @@ scan.focus_chars), one for all markers and "?" over a bounded clip. Scans of the
 prompt and earlier turns are cached: they come back with every request of a conversation.
 PII regexes run only behind C-level prefilters (digit count, a required substring, a long
 enough digit run) and then only over the digit runs; exact tokenization only near a
-context-window size (tokens.exact_count_near); the costlier reasons are formatted when first
-read. The `ahocorasick-rs` package provides the automata; without it a slower word-split
-path gives the same keyword results.
+context-window size (tokens.exact_count_near). What is left runs in Python on every request
+and is kept to a few steps per nonzero signal: the rules list what each signal feeds as flat
+rows, and a request visits only the rows of its nonzero signals. No reason is formatted on
+the path: Classification.reasons formats them all when first read, from what classify kept.
+The `ahocorasick-rs` package provides the automata; without it a slower word-split path
+gives the same keyword results.
 """
 
 from __future__ import annotations
