@@ -33,6 +33,7 @@ gives the same keyword results.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import chain, compress
@@ -349,11 +350,8 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
         intent = rules.intents[best_index] if best_score >= rules.intent_min_score else rules.default_intent
     z += rules.intent_priors.get(intent, 0.0)
     score = 1.0 / (1.0 + math.exp(-z))
-    tier = TIERS[0]
-    for name, bound in rules.tier_bounds:
-        if score >= bound:
-            tier = name
-            break
+    # the highest tier whose lower bound the score reaches (a NaN score reaches none)
+    tier = TIERS[bisect_right(rules.tier_floors, score)] if score == score else TIERS[0]
 
     fired = detect_pii(texts, digits_total, has_run, rules)
     if fired or hints.risk is not None or any(slots[rules.risk_slot_offset :]):

@@ -151,7 +151,7 @@ class ClassifierRules:
     revision_slot: int
     revision_min: float
     bias: float
-    tier_bounds: tuple[tuple[str, float], ...]  # highest first
+    tier_floors: tuple[float, ...]  # the lower bounds of TIERS[1:], rising
     detectors: tuple[Detector, ...]  # fewest min_digits first
     run_free_detectors: tuple[Detector, ...]  # those that need no digit run, in the same order
     # A digit run: digits and separators, starting and ending with a digit. Found in the
@@ -354,7 +354,7 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
         revision_slot=len(intents) + kw_groups.index(rev["group"]),
         revision_min=float(rev["min_score"]),
         bias=float(raw["complexity"]["bias"]),
-        tier_bounds=tuple((t, float(tiers[t])) for t in reversed(TIERS[1:])),
+        tier_floors=tuple(float(tiers[t]) for t in TIERS[1:]),
         detectors=tuple(detectors),
         run_free_detectors=tuple(d for d in detectors if not d.run),
         digit_run_probe=bytes(0x30 if 0x30 <= b <= 0x39 else 0x31 if b in separators else 0x20 for b in range(256)),

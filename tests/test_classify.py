@@ -438,3 +438,17 @@ def test_lazy_reasons_are_formatted_once_and_read_alike(rules: ClassifierRules) 
         assert repr(c.reasons) == repr(dict(first))
     hinted = classify(MIXED[0], {"x-gateway-task": "code"}, rules)
     assert list(hinted.reasons)[0] == "intent" and list(hinted.reasons)[-1] == "tier"
+
+
+def test_tier_is_the_highest_bound_the_score_reaches(rules: ClassifierRules) -> None:
+    floors = [rules.raw["complexity"]["tiers"][t] for t in ("simple", "standard", "complex", "expert")]
+    tiers = ("trivial", "simple", "standard", "complex", "expert")
+    for request in MIXED + [c[1] for c in CASES]:
+        c = classify(request, {}, rules)
+        exact = float(c.reasons["tier"].split()[1].rstrip(":"))  # the score, to 2 places
+        if all(abs(exact - f) > 0.01 for f in floors):
+            assert c.tier == tiers[sum(exact >= f for f in floors)]
+    # a score that is not a number (a NaN weight in the rules) reaches no bound
+    raw = default_raw()
+    raw["complexity"]["bias"] = float("nan")
+    assert classify(CASES[0][1], {}, compile_rules(raw)).tier == "trivial"
