@@ -351,7 +351,7 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
     z += rules.intent_priors.get(intent, 0.0)
     score = 1.0 / (1.0 + math.exp(-z))
     # the highest tier whose lower bound the score reaches (a NaN score reaches none)
-    tier = TIERS[bisect_right(rules.tier_floors, score)] if score == score else TIERS[0]
+    tier = TIERS[0] if math.isnan(score) else TIERS[bisect_right(rules.tier_floors, score)]
 
     fired = detect_pii(texts, digits_total, has_run, rules)
     if fired or hints.risk is not None or any(slots[rules.risk_slot_offset :]):

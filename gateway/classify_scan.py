@@ -25,7 +25,7 @@ class Scan(NamedTuple):
     tokens: int
     digits: int
     has_run: bool  # holds a digit run as long as the shortest a PII detector needs
-    hits: tuple[int, ...]  # indexes into rules.terms of the terms in the instruction zones, rising
+    hits: tuple[int, ...]  # the terms found (indexes into rules.terms), rising
     first_word: bytes  # when no longer than a short question (rules.short_max_tokens), else b""
     numbers: int
     questions: int
@@ -72,25 +72,10 @@ def _find_terms(segment: bytes, rules: ClassifierRules) -> set[int]:
     return found
 
 
-def _keyword_hits(padded: bytes, rules: ClassifierRules) -> tuple[int, ...]:
-    """Indexes of the terms found in `padded` (the words_form of a text), rising: a term
-    found twice counts once, and weights add up in one order whatever the hash seed.
-
-    A term matches whole words: punctuation counts as a space, and the words of a phrase
-    must be separated by a single space or punctuation mark.
-    """
-    if rules.automaton is not None:
-        return tuple(sorted(set(map(_FIRST, rules.automaton.find_matches_as_indexes(padded, overlapping=True)))))
-    return tuple(sorted(_find_terms(padded, rules)))
-
-
 def _count_markers(scan: bytes, markers: Markers) -> tuple[int, ...]:
-    """Marker counts in `scan` (UTF-8 starting with a newline), then the count of "?": every
-    occurrence of every marker, so "x^2" counts for both "x^" and "^2"."""
-    if markers.automaton is not None:
-        found = markers.automaton.find_matches_as_indexes(scan, overlapping=True)
-        return _tally(found, markers) if found else markers.zero
-    counts = list(markers.zero)  # the same, except that a marker overlapping itself ("==" in "===") counts once
+    """Marker counts in `scan` without the automaton: the same, except that a marker
+    overlapping itself ("==" in "===") counts once."""
+    counts = list(markers.zero)
     signal_of = markers.signal_of
     for i, pattern in enumerate(markers.patterns):
         counts[signal_of[i]] += scan.count(pattern)
@@ -135,10 +120,12 @@ def scan_message(text: str, rules: ClassifierRules, read_words: bool, zones: boo
         clip = b"\n".join((b"", raw[:head], raw[chars - tail :]))
     else:
         clip = ("\n" + text[:head] + "\n" + text[chars - tail :]).encode("utf-8")
+    # Every occurrence of every marker counts, so "x^2" counts for both "x^" and "^2"; the
+    # count of "?" (the questions signal) comes last.
     markers = rules.markers
     if markers.automaton is None:
         counts = _count_markers(clip, markers)
-    else:  # _count_markers, inline on the path of every request
+    else:
         found = markers.automaton.find_matches_as_indexes(clip, overlapping=True)
         counts = _tally(found, markers) if found else markers.zero
     # Keywords of the question are read in its instruction zones: the first and last
@@ -151,10 +138,13 @@ def scan_message(text: str, rules: ClassifierRules, read_words: bool, zones: boo
         framed = b"\n".join((b"", raw[:focus], raw[chars - focus :], b""))
     else:
         framed = ("\n" + text[:focus] + "\n" + text[chars - focus :] + "\n").encode("utf-8")
+    # A term matches whole words: punctuation counts as a space, and the words of a phrase
+    # must be separated by a single space or punctuation mark. A term found twice counts
+    # once; hits are sorted, so weights add up in one order whatever the hash seed.
     words = framed_words_form(framed, ascii_only)
     if rules.automaton is None:
-        hits = _keyword_hits(words, rules)
-    else:  # _keyword_hits, inline
+        hits = tuple(sorted(_find_terms(words, rules)))
+    else:
         hits = tuple(sorted(set(map(_FIRST, rules.automaton.find_matches_as_indexes(words, overlapping=True)))))
     # the first word tells a short question (short_question in the rules)
     first = words.split(None, 1) if tokens <= rules.short_max_tokens else None
