@@ -100,8 +100,7 @@ def estimate_encoded(raw: bytes, chars: int) -> tuple[int, int, int, bytes]:
         + _PER_PUNCT * (len(kept) - whitespace - digits)
         + _PER_EXTRA_UTF8_BYTE * (len(raw) - chars)
     )
-    tokens = round(estimate)
-    return tokens if tokens > 1 else 1, digits, numbers, kept
+    return max(1, round(estimate)), digits, numbers, kept
 
 
 def _get_encoding() -> tiktoken.Encoding:
