@@ -114,14 +114,13 @@ class _Reasons(Mapping[str, str]):
     __slots__ = ("_later", "_reasons")
 
     def __init__(self, later: _Later) -> None:
-        self._later: _Later | None = later
+        self._later = later  # kept: threads that read at once each format the same reasons
         self._reasons: dict[str, str] | None = None
 
     def _all(self) -> dict[str, str]:
         reasons = self._reasons
         if reasons is None:
-            reasons = self._reasons = _format_reasons(self._later)  # type: ignore[arg-type]
-            self._later = None
+            reasons = self._reasons = _format_reasons(self._later)
         return reasons
 
     def __getitem__(self, key: str) -> str:
