@@ -39,6 +39,7 @@ HOST = "127.0.0.1"
 CLIENT_KEY = "sk-bench-client"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/15"
 BARE = "passthrough"
+FLOOR = "floor"  # aiohttp server + the gateway's own upstream client, no gateway work (opt-in)
 NOISE_CORES = 0.15  # other processes using more CPU than this during a row make it noisy
 
 SYSTEM_PROMPT = "You are a concise support assistant for an online bookstore. Answer in one or two sentences."
@@ -508,6 +509,11 @@ async def bench(args: argparse.Namespace, children: Children, report: Report) ->
         await one_target(BARE, [python, str(ROOT / "bench" / "passthrough.py"), "--host", HOST, "--port", str(port),
                                 "--upstream", f"http://{HOST}:{sim_port}"], dict(os.environ), port, {})
 
+    if FLOOR in args.targets:
+        port = free_port()
+        await one_target(FLOOR, [python, str(ROOT / "bench" / "floor.py"), "--host", HOST, "--port", str(port),
+                                 "--upstream", f"http://{HOST}:{sim_port}"], dict(os.environ), port, {})
+
     gateway_env = dict(os.environ)
     gateway_env.pop("REDIS_URL", None)
     gateway_env.update({
@@ -632,7 +638,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 32],
                         help="comma-separated requests in flight (default 1,32)")
     parser.add_argument("--targets", type=lambda s: s.split(","), default=["upstream", BARE, "gateway"],
-                        help="comma-separated subset of upstream,passthrough,gateway (default: all three)")
+                        help="comma-separated subset of upstream,passthrough,floor,gateway "
+                             "(default: upstream,passthrough,gateway)")
     parser.add_argument("--redis", nargs="?", const=DEFAULT_REDIS, default=None, metavar="URL",
                         help=f"also run the gateway with REDIS_URL (default URL {DEFAULT_REDIS})")
     parser.add_argument("--no-stream", action="store_true", help="skip the stream: true rows")
@@ -650,7 +657,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--startup-timeout", type=float, default=30.0, help="seconds a server gets to answer")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the servers")
     args = parser.parse_args(argv)
-    unknown = set(args.targets) - {"upstream", BARE, "gateway"}
+    unknown = set(args.targets) - {"upstream", BARE, FLOOR, "gateway"}
     if unknown:
         parser.error(f"--targets: unknown {sorted(unknown)}; choose from upstream,passthrough,gateway")
     if any(c < 1 for c in args.concurrency):
