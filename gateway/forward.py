@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence, TypeVar
 
+from .loop import running_loop
 from .providers.base import Deployment, ProviderAdapter, SSEDecoder, StreamTranslator
 from .providers.errors import ErrorKind, UpstreamError
 from .upstream import Timeouts, UpstreamClient
@@ -245,7 +246,7 @@ class Forwarder:
 
 
 def _remaining(deadline: float) -> float:
-    return deadline - asyncio.get_running_loop().time()
+    return deadline - running_loop().time()
 
 
 def _prefer(previous: UpstreamError | None, current: UpstreamError) -> UpstreamError:

@@ -33,6 +33,8 @@ from urllib.parse import urlsplit
 import httptools
 from multidict import CIMultiDict
 
+from .loop import running_loop
+
 _HIGH_WATER = 256 * 1024  # buffered body bytes before reading pauses (streams)
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a whole body read at once beyond this is refused
 MAX_HEADER_BYTES = 64 * 1024
@@ -166,7 +168,7 @@ class UpstreamResponse:
         if not self._chunks and not self._done:
             if wait_s <= 0:
                 raise TimeoutError
-            loop = asyncio.get_running_loop()
+            loop = running_loop()
             waiter = self._waiter = loop.create_future()
             timer = loop.call_later(wait_s, _expire, waiter)
             try:
@@ -193,7 +195,7 @@ class UpstreamResponse:
             self._collecting = True
             if self._conn is not None:
                 self._conn.resume()
-            loop = asyncio.get_running_loop()
+            loop = running_loop()
             while not self._done:
                 wait = deadline - loop.time()
                 if idle_s is not None and idle_s < wait:
@@ -321,7 +323,7 @@ class _Connection(asyncio.Protocol):
 
     def send(self, payload: bytes) -> asyncio.Future[UpstreamResponse]:
         assert self.transport is not None
-        head = self._head = asyncio.get_running_loop().create_future()
+        head = self._head = running_loop().create_future()
         self._got_bytes = False
         self._until_close = False
         self.transport.write(payload)
@@ -411,7 +413,7 @@ class HTTPClient:
         """Send the request; return once the status line and headers are in (by loop time answer_by)."""
         target = parse_target(url)
         payload = encode_request(method, target, headers, body)
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         pool = self._pools.get(target.origin)
         if pool is None:
             pool = self._pools[target.origin] = _OriginPool(self, target.origin)
@@ -433,7 +435,7 @@ class HTTPClient:
         raise HTTPClientError(HTTPClientError.NO_ANSWER, "The upstream closed the connection without answering.")
 
     async def _acquire(self, pool: _OriginPool, connect_s: float, answer_by: float) -> _Connection:
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         while True:
             conn = pool.take_idle(time.monotonic(), self._keepalive_s)
             if conn is not None:
@@ -462,7 +464,7 @@ class HTTPClient:
         return conn
 
     async def _connect(self, pool: _OriginPool, timeout_s: float) -> _Connection:
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         origin = pool.origin
         tls = None
         if origin.scheme == "https":

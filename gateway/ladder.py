@@ -11,12 +11,12 @@ would fail the same way.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generic, Mapping, TypeVar
 
 from .degrade import AVAILABILITY_FAILURES, reduced_body
 from .forward import AllAttemptsFailed, AttemptRecord
+from .loop import running_loop
 from .policy import Degradation
 
 T = TypeVar("T")
@@ -44,7 +44,7 @@ async def climb(
         if failed.error.kind not in AVAILABILITY_FAILURES:
             raise
         failure = failed
-    if degradation.reduced is not None and deadline - asyncio.get_running_loop().time() > 0:
+    if degradation.reduced is not None and deadline - running_loop().time() > 0:
         tried = len(attempts)
         try:
             return LadderResult(await attempt(reduced_body(body, degradation.reduced), attempts), "reduced", attempts)

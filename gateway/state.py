@@ -5,7 +5,6 @@ Built once per worker by `app.create_app`; handlers reach it through `request.ap
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
@@ -18,6 +17,7 @@ from .config import GatewayConfig
 from .decisions import DecisionSink, NullDecisionLog
 from .forward import Forwarder
 from .health import BreakerBoard
+from .loop import running_loop
 from .quota import MemoryQuotaStore, QuotaStore, Settlement
 from .runtime import Runtime
 from .telemetry import Telemetry
@@ -51,7 +51,7 @@ class GatewayState:
         """Queue a settlement; everything queued in one loop turn goes in one settle_many."""
         self._settlements.append(Settlement(reservation_id, micros, tokens))
         if len(self._settlements) == 1:
-            asyncio.get_running_loop().call_soon(self._flush_settlements)
+            running_loop().call_soon(self._flush_settlements)
 
     def release_later(self, reservation_id: str) -> None:
         self.background.spawn(self._release(reservation_id))

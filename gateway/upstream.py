@@ -7,11 +7,11 @@ turns every transport failure into an `UpstreamError`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from .http1 import HTTPClient, HTTPClientError, UpstreamResponse
+from .loop import running_loop
 from .providers.base import UpstreamRequest
 from .providers.errors import ErrorKind, UpstreamError
 
@@ -32,7 +32,7 @@ class UpstreamClient:
         if budget_s <= 0:
             raise UpstreamError(ErrorKind.TIMEOUT, "The request deadline passed before the attempt could start.")
         wait = min(timeouts.connect_s + timeouts.first_byte_s, budget_s)
-        answer_by = asyncio.get_running_loop().time() + wait
+        answer_by = running_loop().time() + wait
         try:
             return await self._http.request(
                 request.method, request.url, request.headers, request.body,
@@ -50,7 +50,7 @@ class UpstreamClient:
         Without the idle limit, a body that stalls after the headers would hold the
         attempt until the request's deadline, leaving no time to fail over.
         """
-        deadline = asyncio.get_running_loop().time() + max(budget_s, 0.001)
+        deadline = running_loop().time() + max(budget_s, 0.001)
         try:
             return await response.read(deadline, idle_s)
         except TimeoutError:
@@ -61,7 +61,7 @@ class UpstreamClient:
 
     async def iter_chunks(self, response: UpstreamResponse, idle_s: float, deadline: float) -> AsyncIterator[bytes]:
         """Raw body chunks as they arrive; a silence longer than idle_s is a timeout."""
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         try:
             while True:
                 remaining = deadline - loop.time()

@@ -18,6 +18,7 @@ from ..errors import GatewayError
 from ..explain import decision_record
 from ..forward import AllAttemptsFailed, AttemptRecord, StreamBroken, UpstreamStream
 from ..ladder import LadderResult, climb
+from ..loop import running_loop
 from ..middleware import REQUEST_ID
 from ..providers.base import Deployment
 from ..providers.errors import ErrorKind, UpstreamError
@@ -84,7 +85,7 @@ def _prepare(request: web.Request, state: GatewayState, principal: Principal, bo
         decision=decision,
         deployments=deployments,
         content_fallback=snapshot.deployments[fallback.key] if fallback else None,
-        deadline=asyncio.get_running_loop().time() + timeout_s,
+        deadline=running_loop().time() + timeout_s,
     )
 
 
