@@ -10,18 +10,18 @@ between this row and the pass-through's is what the leaner client saves.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import uvloop
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway.http1 import HTTPClient, HTTPClientError  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from passthrough import run_proxy  # noqa: E402
 
 _KEEP = ("content-type", "x-request-id")  # what the pass-through's relay also keeps, in effect
 _CLIENT = web.AppKey("client", HTTPClient)
@@ -68,29 +68,8 @@ def create_app(upstream: str) -> web.Application:
     return app
 
 
-async def serve(host: str, port: int, upstream: str) -> None:
-    runner = web.AppRunner(create_app(upstream), access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, host, port, backlog=2048).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="aiohttp server + the gateway's upstream client, nothing else")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:8090 (with or without /v1)")
-    args = parser.parse_args(argv)
-    upstream = args.upstream.rstrip("/")
-    if upstream.endswith("/v1"):
-        upstream = upstream[: -len("/v1")]
-    uvloop.run(serve(args.host, args.port, upstream))
-    return 0
+    return run_proxy(create_app, "aiohttp server + the gateway's upstream client, nothing else", argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import aiohttp
 import uvloop
@@ -70,8 +70,8 @@ def create_app(upstream: str) -> web.Application:
     return app
 
 
-async def serve(host: str, port: int, upstream: str) -> None:
-    runner = web.AppRunner(create_app(upstream), access_log=None, handle_signals=False)
+async def serve(app: web.Application, host: str, port: int) -> None:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=2048)
     await site.start()
@@ -83,8 +83,9 @@ async def serve(host: str, port: int, upstream: str) -> None:
     await runner.cleanup()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="bare aiohttp+uvloop pass-through (the bench's ceiling)")
+def run_proxy(make_app: Callable[[str], web.Application], description: str, argv: Sequence[str] | None) -> int:
+    """The command line both bench proxies share: --host, --port, --upstream."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:8090 (with or without /v1)")
@@ -92,8 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     upstream = args.upstream.rstrip("/")
     if upstream.endswith("/v1"):
         upstream = upstream[: -len("/v1")]
-    uvloop.run(serve(args.host, args.port, upstream))
+    uvloop.run(serve(make_app(upstream), args.host, args.port))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_proxy(create_app, "bare aiohttp+uvloop pass-through (the bench's ceiling)", argv)
 
 
 if __name__ == "__main__":

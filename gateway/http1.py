@@ -163,19 +163,22 @@ class UpstreamResponse:
     def complete(self) -> bool:
         return self._done and self._error is None
 
+    async def _arrival(self, loop: asyncio.AbstractEventLoop, wait_s: float) -> None:
+        """Until more of the body (or its end) arrives; TimeoutError after wait_s."""
+        if wait_s <= 0:
+            raise TimeoutError
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(wait_s, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
     async def next_chunk(self, wait_s: float) -> bytes:
         """The next piece of the body; b"" at its end. TimeoutError after wait_s of silence."""
         if not self._chunks and not self._done:
-            if wait_s <= 0:
-                raise TimeoutError
-            loop = running_loop()
-            waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(wait_s, _expire, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
+            await self._arrival(running_loop(), wait_s)
         if self._chunks:
             # Everything that has arrived, as one piece: fewer trips through the caller's loop.
             chunks = self._chunks
@@ -200,15 +203,7 @@ class UpstreamResponse:
                 wait = deadline - loop.time()
                 if idle_s is not None and idle_s < wait:
                     wait = idle_s
-                if wait <= 0:
-                    raise TimeoutError
-                waiter = self._waiter = loop.create_future()
-                timer = loop.call_later(wait, _expire, waiter)
-                try:
-                    await waiter
-                finally:
-                    timer.cancel()
-                    self._waiter = None
+                await self._arrival(loop, wait)
         if self._error is not None:
             raise self._error
         body = b"".join(self._chunks)

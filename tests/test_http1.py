@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.http1 import HTTPClient, HTTPClientError, encode_request, parse_target
+from gateway.http1 import (
+    HTTPClient,
+    HTTPClientError,
+    UpstreamResponse,
+    encode_request,
+    parse_target,
+)
 
 Reply = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
 
@@ -99,6 +105,12 @@ async def fetch(client: HTTPClient, port: int, *, body: bytes = b"{}", wait: flo
     return response.status, await response.read(loop.time() + wait, idle)
 
 
+async def open_response(client: HTTPClient, port: int) -> UpstreamResponse:
+    """An empty POST to / whose status and headers are in; the body is the test's to read."""
+    loop = asyncio.get_running_loop()
+    return await client.request("POST", f"http://127.0.0.1:{port}/", {}, b"", connect_s=1, answer_by=loop.time() + 2)
+
+
 def test_request_bytes_are_one_http11_message() -> None:
     target = parse_target("https://api.example.com/v1/chat/completions?x=1")
     raw = encode_request("POST", target, {"authorization": "Bearer k"}, b'{"a":1}')
@@ -125,12 +137,10 @@ async def test_keep_alive_reuses_one_connection(serve) -> None:
 async def test_headers_are_case_insensitive_and_status_passes_through(serve) -> None:
     server = await serve(answer(b'{"error":{}}', status=429, extra=b"Retry-After: 7\r\n"))
     client = HTTPClient()
-    loop = asyncio.get_running_loop()
-    response = await client.request("POST", f"http://127.0.0.1:{server.port}/", {}, b"", connect_s=1,
-                                    answer_by=loop.time() + 2)
+    response = await open_response(client, server.port)
     assert response.status == 429
     assert response.headers["retry-after"] == "7"
-    assert await response.read(loop.time() + 2, None) == b'{"error":{}}'
+    assert await response.read(asyncio.get_running_loop().time() + 2, None) == b'{"error":{}}'
     await client.close()
 
 
@@ -181,9 +191,7 @@ async def test_streamed_pieces_arrive_as_they_are_sent(serve) -> None:
 
     server = await serve(reply)
     client = HTTPClient()
-    loop = asyncio.get_running_loop()
-    response = await client.request("POST", f"http://127.0.0.1:{server.port}/", {}, b"", connect_s=1,
-                                    answer_by=loop.time() + 2)
+    response = await open_response(client, server.port)
     assert await response.next_chunk(2.0) == b"first"
     with pytest.raises(TimeoutError):
         await response.next_chunk(0.05)  # silence is a timeout, and the stream survives it
@@ -317,9 +325,7 @@ async def test_a_slow_reader_pauses_the_socket_and_loses_nothing(serve) -> None:
 
     server = await serve(reply)
     client = HTTPClient()
-    loop = asyncio.get_running_loop()
-    response = await client.request("POST", f"http://127.0.0.1:{server.port}/", {}, b"", connect_s=1,
-                                    answer_by=loop.time() + 2)
+    response = await open_response(client, server.port)
     await asyncio.sleep(0.2)  # let the server run ahead of us
     assert response._buffered <= 2 * 256 * 1024 + len(piece)  # reading paused near the high-water mark
     received = 0
