@@ -70,9 +70,13 @@ class UpstreamResponse:
     def _feed(self, data: bytes) -> None:
         if self._inflate is not None:
             try:
-                data = self._inflate.decompress(data)
+                data = self._inflate.decompress(data, MAX_BODY_BYTES)  # bounded: a small body may inflate hugely
             except zlib.error:
                 self._fail(HTTPClientError(HTTPClientError.PROTOCOL, "The upstream sent a body that does not inflate."))
+                return
+            if self._inflate.unconsumed_tail:
+                self._fail(HTTPClientError(
+                    HTTPClientError.PROTOCOL, f"The upstream's body inflates past {MAX_BODY_BYTES} bytes."))
                 return
             if not data:
                 return

@@ -164,6 +164,22 @@ async def test_chunked_and_gzip_bodies_are_decoded(serve) -> None:
     await client.close()
 
 
+async def test_a_body_that_inflates_past_the_ceiling_is_refused(serve) -> None:
+    bomb = gzip.compress(bytes(65 * 1024 * 1024), compresslevel=9)  # 65 MiB of zeros in ~64 KiB
+
+    async def reply(_: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s" % (len(bomb), bomb))
+        await writer.drain()
+
+    server = await serve(reply)
+    client = HTTPClient()
+    with pytest.raises(HTTPClientError) as error:
+        await fetch(client, server.port)
+    assert error.value.kind == HTTPClientError.PROTOCOL  # whichever read hits the ceiling first
+    assert "inflates past" in str(error.value) or "larger than" in str(error.value)
+    await client.close()
+
+
 async def test_body_delimited_by_close_ends_at_eof(serve) -> None:
     async def reply(_: bytes, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\npart one, ")
