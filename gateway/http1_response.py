@@ -63,7 +63,9 @@ class UpstreamResponse:
         self._waiter: asyncio.Future[None] | None = None
         self._collecting = False  # set by read(): the whole body is wanted, so reading never pauses
         encoding = headers.get("content-encoding", "").lower()
-        self._inflate = zlib.decompressobj(47 if encoding == "gzip" else 15) if encoding in ("gzip", "deflate") else None
+        self._inflate = None
+        if encoding in ("gzip", "deflate"):
+            self._inflate = zlib.decompressobj(47 if encoding == "gzip" else 15)  # 47: gzip header; 15: zlib
 
     # ---- fed by the connection
 
