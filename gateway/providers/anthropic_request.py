@@ -38,6 +38,8 @@ import orjson
 from .base import Deployment
 from .translate import (
     ToolChoice,
+    assistant_calls,
+    assistant_texts,
     bad_request,
     choice_count,
     file_data_of,
@@ -51,7 +53,6 @@ from .translate import (
     stop_sequences,
     system_prompt,
     text_of,
-    tool_arguments,
     tool_choice,
 )
 
@@ -212,35 +213,9 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
-    content = message.get("content")
-    blocks: list[dict[str, Any]] = []
-    if isinstance(content, list):
-        for index, part in enumerate(content):
-            if not isinstance(part, Mapping) or part.get("type") not in ("text", "refusal"):
-                raise bad_request(f"{where}.content[{index}] must be a text or refusal part.")
-            text = part.get("text") if part["type"] == "text" else part.get("refusal")
-            if isinstance(text, str) and text:
-                blocks.append({"type": "text", "text": text})
-    else:
-        text = text_of(content, f"{where}.content")
-        if text:
-            blocks.append({"type": "text", "text": text})
-    calls = message.get("tool_calls") or []
-    if not isinstance(calls, list):
-        raise bad_request(f"{where}.tool_calls must be an array.")
-    for index, call in enumerate(calls):
-        call_where = f"{where}.tool_calls[{index}]"
-        function = call.get("function") if isinstance(call, Mapping) else None
-        if not isinstance(function, Mapping) or not isinstance(call.get("id"), str) or not isinstance(function.get("name"), str):
-            raise bad_request(f"{call_where} must have a string 'id' and a 'function' with a string 'name'.")
-        blocks.append(
-            {
-                "type": "tool_use",
-                "id": anthropic_tool_id(call["id"]),
-                "name": function["name"],
-                "input": tool_arguments(function.get("arguments"), f"{call_where}.function.arguments"),
-            }
-        )
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": text} for text in assistant_texts(message, where)]
+    for call in assistant_calls(message, where):
+        blocks.append({"type": "tool_use", "id": anthropic_tool_id(call.id), "name": call.name, "input": call.arguments})
     return blocks
 
 

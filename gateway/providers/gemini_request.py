@@ -30,6 +30,8 @@ import orjson
 
 from .translate import (
     ToolChoice,
+    assistant_calls,
+    assistant_texts,
     bad_request,
     choice_count,
     file_data_of,
@@ -43,7 +45,6 @@ from .translate import (
     stop_sequences,
     system_prompt,
     text_of,
-    tool_arguments,
     tool_choice,
 )
 
@@ -200,35 +201,11 @@ def _file_data(url: str) -> dict[str, Any]:
 
 
 def _model_parts(message: Mapping[str, Any], where: str, call_names: dict[str, str]) -> list[dict[str, Any]]:
-    content = message.get("content")
-    parts: list[dict[str, Any]] = []
-    if isinstance(content, list):
-        for index, part in enumerate(content):
-            if not isinstance(part, Mapping) or part.get("type") not in ("text", "refusal"):
-                raise bad_request(f"{where}.content[{index}] must be a text or refusal part.")
-            text = part.get("text") if part["type"] == "text" else part.get("refusal")
-            if isinstance(text, str) and text:
-                parts.append({"text": text})
-    else:
-        text = text_of(content, f"{where}.content")
-        if text:
-            parts.append({"text": text})
-    calls = message.get("tool_calls") or []
-    if not isinstance(calls, list):
-        raise bad_request(f"{where}.tool_calls must be an array.")
-    for index, call in enumerate(calls):
-        call_where = f"{where}.tool_calls[{index}]"
-        function = call.get("function") if isinstance(call, Mapping) else None
-        if not isinstance(function, Mapping) or not isinstance(call.get("id"), str) or not isinstance(function.get("name"), str):
-            raise bad_request(f"{call_where} must have a string 'id' and a 'function' with a string 'name'.")
-        call_names[call["id"]] = function["name"]
-        part: dict[str, Any] = {
-            "functionCall": {
-                "name": function["name"],
-                "args": tool_arguments(function.get("arguments"), f"{call_where}.function.arguments"),
-            }
-        }
-        _, signature = split_signature(call["id"])
+    parts: list[dict[str, Any]] = [{"text": text} for text in assistant_texts(message, where)]
+    for call in assistant_calls(message, where):
+        call_names[call.id] = call.name
+        part: dict[str, Any] = {"functionCall": {"name": call.name, "args": call.arguments}}
+        _, signature = split_signature(call.id)
         if signature:
             part["thoughtSignature"] = signature
         parts.append(part)

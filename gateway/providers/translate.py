@@ -156,6 +156,45 @@ def tool_arguments(raw: Any, where: str) -> dict[str, Any]:
     return parsed
 
 
+def assistant_texts(message: Mapping[str, Any], where: str) -> list[str]:
+    """The non-empty texts of an assistant turn: its content string, or its text and refusal parts."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        text = text_of(content, f"{where}.content")
+        return [text] if text else []
+    texts = []
+    for index, part in enumerate(content):
+        if not isinstance(part, Mapping) or part.get("type") not in ("text", "refusal"):
+            raise bad_request(f"{where}.content[{index}] must be a text or refusal part.")
+        text = part.get("text") if part["type"] == "text" else part.get("refusal")
+        if isinstance(text, str) and text:
+            texts.append(text)
+    return texts
+
+
+@dataclass(frozen=True)
+class AssistantCall:
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+def assistant_calls(message: Mapping[str, Any], where: str) -> list[AssistantCall]:
+    """An assistant turn's `tool_calls`, checked, with their arguments parsed."""
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise bad_request(f"{where}.tool_calls must be an array.")
+    out = []
+    for index, call in enumerate(calls):
+        call_where = f"{where}.tool_calls[{index}]"
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if not isinstance(function, Mapping) or not isinstance(call.get("id"), str) or not isinstance(function.get("name"), str):
+            raise bad_request(f"{call_where} must have a string 'id' and a 'function' with a string 'name'.")
+        arguments = tool_arguments(function.get("arguments"), f"{call_where}.function.arguments")
+        out.append(AssistantCall(call["id"], function["name"], arguments))
+    return out
+
+
 @dataclass(frozen=True)
 class FunctionTool:
     name: str
