@@ -6,7 +6,7 @@ Builds the shipped catalog and policy, classifies a few typical requests once, t
 each stage per call with time.perf_counter_ns and prints p50 / p99 / mean µs:
   plan       plan() exactly as gateway/decide.py calls it, per (request, tenant, model)
   request    the AdmissionRequest for that plan, built as gateway/api/budget.py builds it
-             (request_scopes + admission_request: one CandidateCost per candidate)
+             (request_scopes + spend.admission_and_worst: one CandidateCost per candidate)
   admit      MemoryQuotaStore.admit_now on the AdmissionRequest the gateway builds for that
              plan (the shipped static caps, rate limits and share quota loaded), then
   settle     settle_now of the reservation it made, with a plausible actual cost;
@@ -40,13 +40,13 @@ from gateway.api import budget  # noqa: E402
 from gateway.api.exchange import Exchange  # noqa: E402
 from gateway.auth import Principal  # noqa: E402
 from gateway.catalog import Catalog, load_catalog  # noqa: E402
-from gateway.decide import Decision  # noqa: E402
 from gateway.classify import Classification, classify, load_default_rules  # noqa: E402
+from gateway.decide import Decision  # noqa: E402
 from gateway.policy import Policy, load_policy  # noqa: E402
 from gateway.quota import MemoryQuotaStore, Settlement  # noqa: E402
 from gateway.routing import RoutePlan, plan  # noqa: E402
 from gateway.runtime import RoutingSnapshot  # noqa: E402
-from gateway.spend import admission_request, request_scopes, static_limits  # noqa: E402
+from gateway.spend import admission_and_worst, request_scopes, static_limits  # noqa: E402
 
 _USER = (
     "Our support inbox got a message from a customer who says the order arrived two days late "
@@ -157,12 +157,12 @@ def run(iterations: int) -> dict[str, dict[str, float]]:
         def request_once(case: Case = case, c: Classification = c, route_plan: RoutePlan = route_plan,
                          team: str | None = team) -> object:
             scopes = request_scopes(case.tenant, team, "key_bench", route_plan.route)
-            return admission_request("req-bench", scopes, route_plan, c, case.body, catalog, policy.limits)
+            return admission_and_worst("req-bench", scopes, route_plan, c, case.body, catalog, policy.limits)[0]
 
         results[f"request  {case.name}"] = _percentiles(_timed(iterations, warmup, request_once))
         scopes = request_scopes(case.tenant, team, "key_bench", route_plan.route)
         requests = [
-            admission_request(f"req-{i}", scopes, route_plan, c, case.body, catalog, policy.limits)
+            admission_and_worst(f"req-{i}", scopes, route_plan, c, case.body, catalog, policy.limits)[0]
             for i in range(iterations + warmup)
         ]
         admit_ns: list[int] = []

@@ -40,18 +40,6 @@ def requested_output_tokens(body: Mapping[str, Any], limits: Limits) -> int:
     return value * int(body.get("n") or 1)
 
 
-def admission_request(
-    request_id: str,
-    scopes: Sequence[Scope],
-    plan: RoutePlan,
-    c: Classification,
-    body: Mapping[str, Any],
-    catalog: Catalog,
-    limits: Limits,
-) -> AdmissionRequest:
-    return admission_and_worst(request_id, scopes, plan, c, body, catalog, limits)[0]
-
-
 def admission_and_worst(
     request_id: str,
     scopes: Sequence[Scope],
