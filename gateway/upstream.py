@@ -41,8 +41,7 @@ class UpstreamClient:
         except TimeoutError:
             raise UpstreamError(ErrorKind.TIMEOUT, f"The upstream did not answer within {wait:.3g}s.") from None
         except HTTPClientError as exc:
-            kind = ErrorKind.TIMEOUT if exc.kind == HTTPClientError.CONNECT_TIMEOUT else ErrorKind.CONNECTION
-            raise UpstreamError(kind, str(exc)) from None
+            raise _transport_error(exc) from None
 
     async def read_body(self, response: UpstreamResponse, budget_s: float, idle_s: float | None = None) -> bytes:
         """The whole body within the budget; a silence longer than idle_s is a timeout too.
@@ -57,7 +56,7 @@ class UpstreamClient:
             response.close()
             raise UpstreamError(ErrorKind.TIMEOUT, "The upstream's response body did not arrive in time.") from None
         except HTTPClientError as exc:
-            raise UpstreamError(ErrorKind.CONNECTION, str(exc)) from None
+            raise _transport_error(exc) from None
 
     async def iter_chunks(self, response: UpstreamResponse, idle_s: float, deadline: float) -> AsyncIterator[bytes]:
         """Raw body chunks as they arrive; a silence longer than idle_s is a timeout."""
@@ -78,6 +77,13 @@ class UpstreamClient:
                     return
                 yield chunk
         except HTTPClientError as exc:
-            raise UpstreamError(ErrorKind.CONNECTION, str(exc)) from None
+            raise _transport_error(exc) from None
         finally:
             response.close()
+
+
+def _transport_error(exc: HTTPClientError) -> UpstreamError:
+    """A failure of the socket or the HTTP framing. The messages name host and port at most,
+    never a path or a header."""
+    kind = ErrorKind.TIMEOUT if exc.kind == HTTPClientError.CONNECT_TIMEOUT else ErrorKind.CONNECTION
+    return UpstreamError(kind, str(exc))

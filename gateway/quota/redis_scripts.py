@@ -160,7 +160,7 @@ class ScriptCaller:
                     replies[i] = reply
         results: list[Any] = [None] * len(batch)
         for (name, _, positions), reply in zip(calls, replies, strict=True):
-            if len(positions) == 1 and not name.endswith("_many"):
+            if not name.endswith("_many"):
                 results[positions[0]] = reply
             elif isinstance(reply, Exception):
                 for position in positions:
