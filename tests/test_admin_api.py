@@ -20,14 +20,6 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 CLIENT = {"Authorization": f"Bearer {CLIENT_KEY}"}
 
 
-@pytest.fixture(scope="module")
-def redis_server():
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 async def pair(sim: Running, redis_server: RedisServer, tmp_path):
     """Two gateways on one Redis (a fresh namespace per test via FLUSHDB)."""

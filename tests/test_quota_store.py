@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import uuid
 from datetime import datetime, timezone
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
 import pytest
 
@@ -58,12 +58,6 @@ def request(
     *candidates: CandidateCost, scopes=(TENANT, KEY, TEAM, ROUTE), ttl_s: float | None = None
 ) -> AdmissionRequest:
     return AdmissionRequest(uuid.uuid4().hex, list(scopes), list(candidates or [cand()]), ttl_s=ttl_s)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -15,14 +15,6 @@ from tests.servers import CLIENT_KEY, Running, start_gateway
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 
 
-@pytest.fixture(scope="module")
-def redis_server():
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 async def redis_url(redis_server: RedisServer) -> str:
     client = Redis.from_url(redis_server.url)
