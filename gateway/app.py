@@ -17,7 +17,7 @@ from .decisions import JsonlDecisionLog, RedisStreamDecisionLog
 from .forward import AttemptHooks, AttemptRecord, Forwarder, RetryPolicy
 from .health import BreakerBoard
 from .http1 import HTTPClient
-from .middleware import MAX_BODY_BYTES, request_context
+from .middleware import CATCH_ALL_PATH, MAX_BODY_BYTES, unknown_route, with_request_context
 from .providers.anthropic import AnthropicAdapter
 from .providers.base import Deployment
 from .providers.errors import UpstreamError
@@ -54,7 +54,7 @@ def create_app(config: GatewayConfig, env: Mapping[str, str] | None = None) -> w
         telemetry=Telemetry(config.service_name, config.trace_exporter),
     )
     state.breakers.on_change = lambda key, breaker_state, _open_for: state.telemetry.breaker_changed(key, breaker_state)
-    app = web.Application(middlewares=[request_context], client_max_size=config.server.max_body_bytes)
+    app = web.Application(client_max_size=config.server.max_body_bytes)
     app[STATE] = state
     app[MAX_BODY_BYTES] = config.server.max_body_bytes
     app.cleanup_ctx.append(_telemetry)
@@ -62,14 +62,18 @@ def create_app(config: GatewayConfig, env: Mapping[str, str] | None = None) -> w
     app.cleanup_ctx.append(_replica_sync)
     app.cleanup_ctx.append(_decision_log)
     app.cleanup_ctx.append(_upstream_session)
-    app.router.add_post("/v1/chat/completions", chat.chat_completions)
-    app.router.add_post("/v1/route", route.dry_run)
-    app.router.add_get("/v1/models", models.list_models)
-    app.router.add_get("/v1/models/{model}", models.get_model)
-    app.router.add_routes(admin.routes())
-    app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_get("/health/live", health.live)
-    app.router.add_get("/health/ready", health.ready)
+    routes = [
+        web.post("/v1/chat/completions", chat.chat_completions),
+        web.post("/v1/route", route.dry_run),
+        web.get("/v1/models", models.list_models),
+        web.get("/v1/models/{model}", models.get_model),
+        *admin.routes(),
+        web.get("/metrics", metrics_endpoint),
+        web.get("/health/live", health.live),
+        web.get("/health/ready", health.ready),
+        web.route("*", CATCH_ALL_PATH, unknown_route),  # last: JSON 404 / 405 for everything else
+    ]
+    app.router.add_routes([web.RouteDef(r.method, r.path, with_request_context(r.handler), r.kwargs) for r in routes])
     return app
 
 

@@ -1,12 +1,18 @@
-"""HTTP middlewares: request ids, and errors always in the OpenAI shape.
+"""Request ids, and errors always in the OpenAI shape, around every handler.
 
 Nothing leaves the gateway as an HTML error page or a stack trace: aiohttp's own
-HTTP exceptions (404, 405, 413, ...) are rewritten, and an unexpected exception becomes a
-generic 500 whose body names only the request id, while the details go to the log.
+HTTP exceptions (413, ...) are rewritten, unknown paths and wrong methods get JSON 404 and
+405 from a catch-all route, and an unexpected exception becomes a generic 500 whose body
+names only the request id, while the details go to the log.
+
+This is a wrapper per handler (`with_request_context`), not an aiohttp middleware: the
+middleware chain costs two extra coroutine frames and a lookup on every request (~2% of a
+chat completion's instructions), for what one plain wrapper does.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from random import getrandbits
@@ -23,6 +29,7 @@ REQUEST_ID_HEADER = "x-request-id"
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 MAX_BODY_BYTES: web.AppKey[int] = web.AppKey("max_body_bytes", int)
 _MAX_CLIENT_REQUEST_ID = 128
+CATCH_ALL_PATH = "/{unknown_path:.*}"
 
 
 def request_id_for(request: web.Request) -> str:
@@ -34,29 +41,50 @@ def request_id_for(request: web.Request) -> str:
     return f"req_{getrandbits(96):024x}"
 
 
-@web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request_id_for(request)
-    request[REQUEST_ID] = request_id
-    try:
-        response = await handler(request)
-    except GatewayError as error:
-        return error.response({REQUEST_ID_HEADER: request_id})
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _from_http_exception(request, exc).response({REQUEST_ID_HEADER: request_id})
-    except Exception:
-        log.exception("unhandled error", extra={"request_id": request_id})
-        return GatewayError(
-            500,
-            f"The gateway failed to handle this request (request id {request_id}). This is a bug; it has been logged.",
-            code="internal_error",
-            type="api_error",
-        ).response({REQUEST_ID_HEADER: request_id})
-    if not response.prepared:
-        response.headers[REQUEST_ID_HEADER] = request_id
-    return response
+def with_request_context(handler: Handler) -> Handler:
+    """`handler` with a request id (request[REQUEST_ID] and the x-request-id header) and
+    every failure turned into an OpenAI-shaped error response."""
+
+    @functools.wraps(handler)
+    async def handle(request: web.Request) -> web.StreamResponse:
+        request_id = request_id_for(request)
+        request[REQUEST_ID] = request_id
+        try:
+            response = await handler(request)
+        except GatewayError as error:
+            return error.response({REQUEST_ID_HEADER: request_id})
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _from_http_exception(request, exc).response({REQUEST_ID_HEADER: request_id})
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": request_id})
+            return GatewayError(
+                500,
+                f"The gateway failed to handle this request (request id {request_id}). This is a bug; it has been logged.",
+                code="internal_error",
+                type="api_error",
+            ).response({REQUEST_ID_HEADER: request_id})
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+
+    return handle
+
+
+async def unknown_route(request: web.Request) -> web.StreamResponse:
+    """The catch-all route's handler: 405 with Allow when another route has this path, else 404."""
+    allowed: set[str] = set()
+    catch_all = request.match_info.route.resource
+    for resource in request.app.router.resources():
+        if resource is catch_all:
+            continue
+        match, methods = await resource.resolve(request)
+        if match is None:
+            allowed |= methods
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
+    raise web.HTTPNotFound()
 
 
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> GatewayError:

@@ -141,6 +141,15 @@ async def test_unknown_path_and_wrong_method(gw: Running, auth: dict) -> None:
             assert r.status == 405
             assert r.headers["Allow"] == "POST"
             assert assert_error_shape(await r.json())["code"] == "method_not_allowed"
+            assert r.headers["x-request-id"]
+        async with session.post(gw.url + "/v1/models/gpt-4o-mini", headers=auth) as r:  # a path with a parameter
+            assert r.status == 405
+            assert r.headers["Allow"] == "GET, HEAD"
+        async with session.delete(gw.url + "/admin/nothing-here") as r:
+            assert r.status == 404
+            assert assert_error_shape(await r.json())["code"] == "unknown_url"
+        async with session.head(gw.url + "/health/live") as r:  # GET routes answer HEAD too
+            assert r.status == 200
 
 
 async def test_models_list_and_get(gw: Running, auth: dict) -> None:

@@ -15,7 +15,10 @@ ADMIN = {"Authorization": "Bearer admin-k"}
 
 
 async def test_stream_past_its_reservation_is_cut_at_the_cap(tmp_path) -> None:
-    sim = await start_simulator(default_completion_tokens=400)
+    # Paced like a real model (400 chunks/s): cutting the stream stops the generation. An
+    # unpaced upstream can deliver all 400 chunks, and its usage block, in one socket read
+    # before the first check, and then the whole answer is what it really cost.
+    sim = await start_simulator(default_completion_tokens=400, token_rate=400)
     policy = tmp_path / "policy.yaml"
     # Reserve as if the answer were one token long, so the stream outgrows it at once.
     policy.write_text(default_policy_path().read_text().replace("default_max_tokens: 4096", "default_max_tokens: 1"))
