@@ -194,8 +194,9 @@ class GatewayHooks(AttemptHooks):
 
     def started(self, deployment: Deployment) -> None:
         self._breakers.begin(deployment.key)
-        host = _host_of(deployment.base_url)
-        self._telemetry.attempt_started(deployment.provider, deployment.model, deployment.upstream_model, host)
+        if self._telemetry.enabled:  # an attempt span is all it would start
+            host = _host_of(deployment.base_url)
+            self._telemetry.attempt_started(deployment.provider, deployment.model, deployment.upstream_model, host)
 
     def finished(self, deployment: Deployment, record: AttemptRecord, error: UpstreamError | None) -> None:
         self._breakers.record(deployment.key, error.kind if error else None)
@@ -207,7 +208,7 @@ class GatewayHooks(AttemptHooks):
 
 async def _telemetry(app: web.Application):  # type: ignore[no-untyped-def]
     yield
-    app[STATE].telemetry.shutdown()  # flushes spans still in the batch
+    app[STATE].telemetry.shutdown()  # flushes the counts and the spans still waiting
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -218,7 +219,9 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
         generate_latest,
     )
 
-    registry = request.app[STATE].telemetry.metrics.registry
+    telemetry = request.app[STATE].telemetry
+    telemetry.flush()  # this worker's counts since its last flush, so a scrape sees every finished request
+    registry = telemetry.metrics.registry
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

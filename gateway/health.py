@@ -12,6 +12,11 @@ something about the deployment count (the failover kinds); a client's bad reques
 
 State changes can be shared across replicas: the `on_change` hook publishes them, and
 `apply_remote` takes in what other replicas published (see gateway/sync.py).
+
+Every attempt passes through `begin` and `record`, so their common case, a success on a
+closed breaker, is kept short: it notes the outcome in the window and resets the failure
+run, nothing else. The window is cut to `window_s` only when it is read (on a failure),
+which gives the same count as cutting it on every outcome, since the clock only moves on.
 """
 
 from __future__ import annotations
@@ -102,8 +107,10 @@ class BreakerBoard:
 
     def begin(self, key: str) -> None:
         """An attempt on `key` starts; in half-open state it takes a probe slot."""
-        breaker = self._breakers.get(key)
-        if breaker is not None and breaker.state == "half_open":
+        if key not in self._open_keys:  # closed: nothing to take (every other state is in _open_keys)
+            return
+        breaker = self._breakers[key]
+        if breaker.state == "half_open":
             breaker.probes_in_flight += 1
             breaker.probe_started_at = self._clock()
 
@@ -111,15 +118,19 @@ class BreakerBoard:
         """kind None means success."""
         if kind is not None and kind not in COUNTED:
             kind = None  # the deployment answered; the request itself was the problem
-        breaker = self._breakers.setdefault(key, Breaker())
+        breaker = self._breakers.get(key)
+        if breaker is None:
+            breaker = self._breakers[key] = Breaker()
+        outcomes = breaker.outcomes
         now = self._clock()
         ok = kind is None
-        breaker.outcomes.append((now, ok))
-        horizon = now - self.settings.window_s
-        while breaker.outcomes and (
-            breaker.outcomes[0][0] < horizon or len(breaker.outcomes) > self.settings.max_window_requests
-        ):
-            breaker.outcomes.popleft()
+        outcomes.append((now, ok))
+        if len(outcomes) > self.settings.max_window_requests:
+            outcomes.popleft()
+        if ok and key not in self._open_keys:  # the common case: a success on a closed breaker
+            breaker.consecutive = 0
+            return
+        self._trim_window(breaker, now)
         if breaker.state == "half_open":
             breaker.probes_in_flight = max(0, breaker.probes_in_flight - 1)
             if ok:
@@ -178,6 +189,13 @@ class BreakerBoard:
             self._open(key, breaker, open_for, publish=False)
         elif state == "closed" and breaker.state != "closed":
             self._close(key, breaker, publish=False)
+
+    def _trim_window(self, breaker: Breaker, now: float) -> None:
+        """Drop the outcomes older than the window and those beyond its latest `max_window_requests`."""
+        outcomes = breaker.outcomes
+        horizon = now - self.settings.window_s
+        while outcomes and (outcomes[0][0] < horizon or len(outcomes) > self.settings.max_window_requests):
+            outcomes.popleft()
 
     def _should_open(self, breaker: Breaker) -> bool:
         total = len(breaker.outcomes)

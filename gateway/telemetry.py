@@ -8,10 +8,14 @@ request. Attribute names follow the OpenTelemetry GenAI conventions where they e
 
 Tracing is off unless an exporter is configured (`telemetry.exporter` or
 `OTEL_EXPORTER_OTLP_ENDPOINT`): then spans cost nothing but a no-op call.
+
+Counters are summed in the worker and handed to prometheus-client in batches; a scrape
+flushes first (see `Telemetry` for how stale a scrape of several workers can be).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import os
 from contextlib import AbstractContextManager, nullcontext
@@ -24,26 +28,42 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .loop import running_loop
+
 _attempt_span: contextvars.ContextVar[Span | None] = contextvars.ContextVar("gateway_attempt_span", default=None)
 
 _NO_SPAN = nullcontext(trace.INVALID_SPAN)
 
 BREAKER_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 
+# How long counts wait in a worker before they reach prometheus-client (one flush for all
+# the requests in between); a scrape of this worker flushes first and never waits.
+FLUSH_INTERVAL_S = 0.5
+
 
 class Metrics:
-    """The gateway's Prometheus series. `child(metric, *labels)` caches labelled children:
-    `labels()` costs microseconds per call, and the same few label sets recur."""
+    """The gateway's Prometheus series.
 
-    def child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
+    Counters on the request path go through `count((counter, *labels), amount)`: a sum per
+    series in a plain dict, applied to prometheus-client by `flush()` as one `inc` per
+    series. prometheus-client takes a lock per value change (and in multiprocess mode
+    writes a file mapping), which per request and per series costs more than everything
+    else metrics do. Histograms are observed directly: prometheus-client has no public way
+    to add many observations at once, so deferring them would only move their cost.
+    `child((metric, *labels))` caches labelled children: `labels()` costs microseconds per
+    call, and the same few label sets recur.
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+    Not thread-safe: used from the event loop's thread only, like the rest of the gateway.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, multiprocess: bool | None = None) -> None:
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._pending: dict[tuple[Any, ...], float] = {}
+        self._pending_usage: dict[tuple[str, str], list[int]] = {}  # (tenant, model) -> [input, output, micros]
+        self._flush_handle: asyncio.Handle | None = None
+        if multiprocess is None:  # prometheus-client chose its value store on import by the same variable
+            multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self._multiprocess = multiprocess
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -77,8 +97,77 @@ class Metrics:
         )
         self.denials = Counter("gateway_quota_denials", "Requests refused by caps or rate limits", ["code"], registry=r)
 
+    def child(self, series: tuple[Any, ...]) -> Any:
+        """The labelled child of the series `(metric, *label values)`."""
+        found = self._children.get(series)
+        if found is None:
+            metric, *labels = series
+            found = self._children[series] = metric.labels(*labels)
+        return found
+
+    def count(self, series: tuple[Any, ...], amount: float = 1) -> None:
+        """Add `amount` to the counter series `(counter, *label values)` at the next flush."""
+        pending = self._pending
+        pending[series] = pending.get(series, 0) + amount
+        if self._flush_handle is None:
+            self._schedule_flush()
+
+    def count_usage(self, tenant: str, model: str, prompt_tokens: int, completion_tokens: int, micros: int) -> None:
+        """An answer's tokens (input, output) and spend: one entry for the three series they feed."""
+        key = (tenant, model)
+        totals = self._pending_usage.get(key)
+        if totals is None:
+            totals = self._pending_usage[key] = [0, 0, 0]
+        totals[0] += prompt_tokens
+        totals[1] += completion_tokens
+        totals[2] += micros
+        if self._flush_handle is None:
+            self._schedule_flush()
+
+    def flush(self) -> None:
+        """Apply the counts gathered since the last flush."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        pending, self._pending = self._pending, {}
+        usage, self._pending_usage = self._pending_usage, {}
+        for series, amount in pending.items():
+            self.child(series).inc(amount)
+        for (tenant, model), (prompt_tokens, completion_tokens, micros) in usage.items():
+            self.child((self.tokens, tenant, model, "input")).inc(prompt_tokens)
+            self.child((self.tokens, tenant, model, "output")).inc(completion_tokens)
+            # Gathered in integer micro-dollars: exact however many answers add up.
+            self.child((self.spend, tenant, model)).inc(micros / 1_000_000)
+
+    def _schedule_flush(self) -> None:
+        try:
+            loop = running_loop()
+        except RuntimeError:  # no loop (a script, a unit test): nothing would flush later
+            self.flush()
+            return
+        if self._multiprocess:
+            # Another worker may answer the next scrape: publish before this loop turn ends.
+            self._flush_handle = loop.call_soon(self.flush)
+        else:
+            self._flush_handle = loop.call_later(FLUSH_INTERVAL_S, self.flush)
+
 
 class Telemetry:
+    """Spans and metrics for the request path.
+
+    Counters are summed in the worker and reach prometheus-client in a flush (see
+    `Metrics`): `FLUSH_INTERVAL_S` after the first count that waits, right before /metrics
+    renders, and at shutdown. How stale a scrape can be:
+    - one worker: not at all; the scrape flushes this worker's counts before rendering.
+    - `--workers N` (`PROMETHEUS_MULTIPROC_DIR`): each worker flushes into its own files at
+      the end of the event-loop turn in which it counted (not on the timer), and the
+      scrape merges every worker's files. A request that another worker has finished, up
+      to that worker's next loop turn (well under a millisecond when not overloaded), is
+      the most a scrape can miss. Batching there still joins the requests that end in
+      the same loop turn.
+    Histograms (request and attempt latency) are observed at once, as before.
+    """
+
     def __init__(self, service_name: str, exporter: str, metrics: Metrics | None = None,
                  processor: SpanProcessor | None = None) -> None:
         self.metrics = metrics or Metrics()
@@ -120,8 +209,8 @@ class Telemetry:
     def attempt_finished(self, provider: str, model: str, outcome: str, status: int | None, seconds: float,
                          retry: int, continuation: bool) -> None:
         m = self.metrics
-        m.child(m.attempts, provider, model, outcome).inc()
-        m.child(m.attempt_latency, provider, model).observe(seconds)
+        m.count((m.attempts, provider, model, outcome))
+        m.child((m.attempt_latency, provider, model)).observe(seconds)
         if not self.enabled:
             return
         span = _attempt_span.get()
@@ -141,7 +230,12 @@ class Telemetry:
     def breaker_changed(self, key: str, state: str) -> None:
         self.metrics.breaker.labels(key).set(BREAKER_VALUE.get(state, 0))
 
+    def flush(self) -> None:
+        """Bring the Prometheus series up to date (before a scrape renders them, at shutdown)."""
+        self.metrics.flush()
+
     def shutdown(self) -> None:
+        self.metrics.flush()
         if self._provider is not None:
             self._provider.shutdown()
 

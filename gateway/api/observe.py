@@ -17,16 +17,14 @@ def observe(telemetry: Telemetry, span: Span, ex: Exchange) -> None:
     model = answered.model if answered else "none"
     provider = answered.provider if answered else "none"
     m = telemetry.metrics
-    m.child(m.requests, plan.route, model, provider, ex.outcome, ex.degraded or "none").inc()
-    m.child(m.latency, plan.route, "true" if ex.body.get("stream") else "false").observe(time.perf_counter() - ex.started)
+    m.count((m.requests, plan.route, model, provider, ex.outcome, ex.degraded or "none"))
+    m.child((m.latency, plan.route, "true" if ex.body.get("stream") else "false")).observe(time.perf_counter() - ex.started)
     if ex.quota_degraded:
         m.quota_degraded.inc()
     usage = ex.usage
     tenant = ex.principal.tenant
     if usage is not None and answered is not None:
-        m.child(m.tokens, tenant, model, "input").inc(usage.prompt_tokens)
-        m.child(m.tokens, tenant, model, "output").inc(usage.completion_tokens)
-        m.child(m.spend, tenant, model).inc((priced(ex) or 0) / 1_000_000)
+        m.count_usage(tenant, model, usage.prompt_tokens, usage.completion_tokens, priced(ex) or 0)
     if not telemetry.enabled:
         return
     record_request(
