@@ -9,6 +9,9 @@ from opentelemetry.trace import Span, Status, StatusCode
 from ..telemetry import Telemetry, record_request
 from .exchange import Exchange, priced
 
+# Outcomes of an admission the caps or rate limits refused (a cut stream has a reservation).
+QUOTA_DENIALS = frozenset({"budget_exceeded", "rate_limited"})
+
 
 def observe(telemetry: Telemetry, span: Span, ex: Exchange) -> None:
     c = ex.decision.classification
@@ -21,6 +24,8 @@ def observe(telemetry: Telemetry, span: Span, ex: Exchange) -> None:
     m.child((m.latency, plan.route, "true" if ex.body.get("stream") else "false")).observe(time.perf_counter() - ex.started)
     if ex.quota_degraded:
         m.quota_degraded.inc()
+    if ex.reservation_id is None and ex.outcome in QUOTA_DENIALS:
+        m.count((m.denials, ex.outcome))
     usage = ex.usage
     tenant = ex.principal.tenant
     if usage is not None and answered is not None:
