@@ -2,7 +2,8 @@
 
 Two sinks: a size-rotated JSONL file (the default), written in batches by a timer; and
 a Redis stream (XADD, capped with MAXLEN ~) when Redis is configured, flushed in batches
-by a background task. Records
+by a background task. Both serialize a record as it is appended (bytes are all a pending
+record holds, and the garbage collector never has to walk a batch of dicts). Records
 never hold prompt text unless the policy opts in (`decision_log.include_prompt`).
 """
 
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import logging.handlers
+import os
+import stat
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,29 +27,83 @@ class DecisionSink(Protocol):
     async def close(self) -> None: ...
 
 
-class _RawLine(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return record.getMessage()
+def _unwritable(record: dict[str, Any], exc: Exception) -> None:
+    # A record is built after the answer, and the log must never take a request down.
+    log.warning("decision log: dropped record %s: %s", record.get("request_id"), exc)
+
+
+class SizeRotatedFile:
+    """Appends bytes to a file and rotates it by size the way logging's RotatingFileHandler
+    does: when a write would take the file to `max_bytes` or more, `path.{n-1}` becomes
+    `path.{n}` ... and `path` becomes `path.1` (the oldest of `backups` is dropped), then
+    the write goes to a fresh `path`. Never rotates with 0 backups or 0 max_bytes, nor a
+    file that is not regular (e.g. /dev/stdout), nor an empty one.
+
+    The size is read from the open file before each write, not counted here: several
+    worker processes append to the same file (O_APPEND keeps each write whole)."""
+
+    def __init__(self, path: str, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self._max_bytes = max_bytes
+        self._backups = backups
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+
+    def write(self, data: bytes) -> None:
+        if self._full_after(len(data)):
+            self._rotate()
+        view = memoryview(data)
+        while view:  # a regular file takes it all at once; a pipe or a full disk may not
+            view = view[os.write(self._fd, view):]
+
+    def _full_after(self, size: int) -> bool:
+        if self._max_bytes <= 0 or self._backups <= 0:
+            return False
+        st = os.fstat(self._fd)
+        return stat.S_ISREG(st.st_mode) and st.st_size > 0 and st.st_size + size >= self._max_bytes
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        for i in range(self._backups - 1, 0, -1):
+            self._move(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+        self._move(self.path, f"{self.path}.1")
+        self._fd = self._open()
+
+    @staticmethod
+    def _move(source: str, target: str) -> None:
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 class JsonlDecisionLog:
-    """Rotating JSONL file. `append` only puts the record on a list; a timer writes what
+    """Rotating JSONL file. `append` serializes the record onto a list; a timer writes what
     gathered every `flush_interval_s` in one write (to the page cache: microseconds), so a
-    request pays for a list append and a share of one orjson call."""
+    request pays for one orjson call, a list append and a share of one write."""
 
     def __init__(self, path: str, max_bytes: int, backups: int, flush_interval_s: float = 0.2) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._handler = logging.handlers.RotatingFileHandler(
-            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
-        )
-        self._handler.setFormatter(_RawLine())
+        self._file = SizeRotatedFile(path, max_bytes, backups)
         self._interval = flush_interval_s
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
+        self.dropped = 0
 
     def append(self, record: dict[str, Any]) -> None:
-        self._pending.append(record)
+        try:
+            line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        except orjson.JSONEncodeError as exc:  # e.g. a logged prompt nested deeper than orjson goes
+            self.dropped += 1
+            _unwritable(record, exc)
+            return
+        self._pending.append(line)
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self.flush)
 
@@ -56,15 +112,18 @@ class JsonlDecisionLog:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
-        text = b"\n".join(map(orjson.dumps, batch)).decode()
-        # One emit per batch: the handler rotates by size between batches.
-        self._handler.emit(logging.LogRecord("decisions", logging.INFO, "", 0, text, None, None))
+        # One write per batch: the file rotates by size between batches.
+        try:
+            self._file.write(b"".join(batch))
+        except OSError as exc:  # a full disk drops records, never requests
+            self.dropped += len(batch)
+            log.warning("decision log: dropped %d records, writing %s failed: %s", len(batch), self.path, exc)
 
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self.flush()
-        self._handler.close()
+        self._file.close()
 
 
 # XADD each argument after the first (the stream's approximate length cap) to KEYS[1]: one
@@ -101,7 +160,13 @@ class RedisStreamDecisionLog:
         if len(self._pending) >= 100 * self._batch:
             self.dropped += 1  # bounded memory while Redis is away
             return
-        self._pending.append(orjson.dumps(record))
+        try:
+            line = orjson.dumps(record)
+        except orjson.JSONEncodeError as exc:
+            self.dropped += 1
+            _unwritable(record, exc)
+            return
+        self._pending.append(line)
         if len(self._pending) >= self._batch:
             self._wake.set()
 

@@ -62,33 +62,43 @@ def plan_json(p: RoutePlan, c: Classification, catalog: Catalog) -> dict[str, An
 
 def decision_record(ex: Any, include_prompt: bool) -> dict[str, Any]:
     """One decision-log line for a finished exchange (an api.exchange.Exchange: typed loosely
-    because the HTTP layer sits above this module)."""
-    c = ex.decision.classification
-    p = ex.decision.plan
-    catalog = ex.snapshot.catalog
+    because the HTTP layer sits above this module).
+
+    Built once per request, so it reads each value once and copies nothing orjson can
+    write as it is: tuples are written as arrays, and the policy version is the plan's
+    field rather than the snapshot's property (which formats it on every read)."""
+    decision = ex.decision
+    c = decision.classification
+    p = decision.plan
+    candidates = p.candidates
+    principal = ex.principal
     answered = ex.answered_by
-    estimated_micros = None
-    actual_micros = None
-    if p.candidates:
-        estimated_micros = estimate_cost_micros(catalog.by_key[p.candidates[0].key], c.input_tokens, c.output_tokens)
-    if ex.cost_micros is not None:  # priced once by the HTTP layer when the answer was settled
-        actual_micros = ex.cost_micros
+    usage = ex.usage
+    cost_micros = ex.cost_micros  # priced once by the HTTP layer when the answer was settled
+    if candidates:
+        primary = candidates[0]
+        reasons: tuple[str, ...] = primary.reasons
+        model = ex.snapshot.catalog.by_key[primary.key]
+        estimated_usd = estimate_cost_micros(model, c.input_tokens, c.output_tokens) / 1_000_000
+    else:
+        reasons = ()
+        estimated_usd = None
     record: dict[str, Any] = {
         "request_id": ex.request_id,
         "time": time.time(),
-        "tenant": ex.principal.tenant,
-        "key_id": ex.principal.key_id,
+        "tenant": principal.tenant,
+        "key_id": principal.key_id,
         "classification": classification_json(c, with_reasons=False),
         "route": p.route,
         "objective": p.objective,
-        "candidates": [x.key for x in p.candidates],
-        "chosen": answered.key if answered else None,
-        "reasons": list(p.candidates[0].reasons) if p.candidates else [],
-        "policy_version": ex.snapshot.policy_version,
-        "estimated_cost_usd": estimated_micros / 1_000_000 if estimated_micros is not None else None,
-        "usage": ex.usage.as_openai() if ex.usage else None,
-        "usage_estimated": ex.usage.estimated if ex.usage else None,
-        "cost_usd": actual_micros / 1_000_000 if actual_micros is not None else None,
+        "candidates": [x.key for x in candidates],
+        "chosen": answered.key if answered is not None else None,
+        "reasons": reasons,
+        "policy_version": p.policy_version,
+        "estimated_cost_usd": estimated_usd,
+        "usage": usage.as_openai() if usage is not None else None,
+        "usage_estimated": usage.estimated if usage is not None else None,
+        "cost_usd": cost_micros / 1_000_000 if cost_micros is not None else None,
         "latency_ms": round((time.perf_counter() - ex.started) * 1000, 2),
         "attempts": [
             {"model": a.model, "provider": a.provider, "outcome": a.outcome, "status": a.status,
