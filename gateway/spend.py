@@ -37,7 +37,8 @@ def requested_output_tokens(body: Mapping[str, Any], limits: Limits) -> int:
         value = body.get("max_tokens")
         if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
             value = limits.default_max_tokens
-    return value * int(body.get("n") or 1)
+    n = body.get("n")
+    return value * int(n) if n else value
 
 
 def admission_and_worst(

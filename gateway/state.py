@@ -19,6 +19,7 @@ from .forward import Forwarder
 from .health import BreakerBoard
 from .loop import running_loop
 from .quota import MemoryQuotaStore, QuotaStore, Settlement
+from .quota.admission import new_settlement
 from .runtime import Runtime
 from .telemetry import Telemetry
 
@@ -49,7 +50,7 @@ class GatewayState:
 
     def settle_later(self, reservation_id: str, micros: int, tokens: int) -> None:
         """Queue a settlement; everything queued in one loop turn goes in one settle_many."""
-        self._settlements.append(Settlement(reservation_id, micros, tokens))
+        self._settlements.append(new_settlement(reservation_id, micros, tokens))
         if len(self._settlements) == 1:
             running_loop().call_soon(self._flush_settlements)
 
@@ -58,19 +59,33 @@ class GatewayState:
 
     def _flush_settlements(self) -> None:
         batch, self._settlements = self._settlements, []
-        self.background.spawn(self._settle(batch))
+        quota = self.quota
+        if isinstance(quota, MemoryQuotaStore):
+            # It settles without awaiting: right here, after the responses of this loop turn
+            # went out, rather than in a task of its own (which cost more than the settling).
+            try:
+                for item in batch:
+                    quota.settle_now(item)
+            except Exception as exc:  # noqa: BLE001 - the reservations' TTL is the backstop
+                _settling_failed(batch, exc)
+        else:
+            self.background.spawn(self._settle(batch))
 
     async def _settle(self, batch: list[Settlement]) -> None:
         try:
             await self.quota.settle_many(batch)
         except Exception as exc:  # noqa: BLE001 - the reservations' TTL is the backstop
-            log.warning("settling %d reservations failed (%s); they expire on their own", len(batch), type(exc).__name__)
+            _settling_failed(batch, exc)
 
     async def _release(self, reservation_id: str) -> None:
         try:
             await self.quota.release(reservation_id)
         except Exception as exc:  # noqa: BLE001 - the reservation's TTL is the backstop
             log.warning("release of %s failed (%s); its reservation expires on its own", reservation_id, type(exc).__name__)
+
+
+def _settling_failed(batch: list[Settlement], exc: Exception) -> None:
+    log.warning("settling %d reservations failed (%s); they expire on their own", len(batch), type(exc).__name__)
 
 
 STATE: web.AppKey[GatewayState] = web.AppKey("gateway_state", GatewayState)

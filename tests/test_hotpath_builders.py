@@ -11,8 +11,13 @@ from gateway.catalog import load_catalog
 from gateway.classify import Classification
 from gateway.policy import RouteMatch, load_policy
 from gateway.quota import Admission, AdmissionRequest, CandidateCost, Scope
-from gateway.quota.admission import new_admission_request, new_candidate_cost
-from gateway.quota.base import RateLimitInfo
+from gateway.quota.admission import (
+    draft_class,
+    new_admission_request,
+    new_candidate_cost,
+    new_settlement,
+)
+from gateway.quota.base import RateLimitInfo, Settlement
 from gateway.quota.memory_admit import _admitted, _rate_info
 from gateway.routing import plan
 from gateway.routing_tables import tables_for
@@ -57,6 +62,26 @@ def test_admission_request_is_the_dataclass() -> None:
         new_admission_request("r", (Scope("model", "m"),), costs, 300.0)
 
 
+def test_settlement_is_the_dataclass() -> None:
+    made = new_settlement("r", 12, 34)
+    assert made == Settlement("r", 12, 34) and type(made) is Settlement and repr(made) == repr(Settlement("r", 12, 34))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.actual_micros = 1  # type: ignore[misc]
+    assert new_settlement("r", True, 0) == Settlement("r", True, 0)  # what the dataclass accepts, it accepts
+    for bad in [("r", -1, 3), ("r", 1, -3), ("r", 1.5, 3), ("r", 1, None)]:
+        with pytest.raises(ValueError):
+            new_settlement(*bad)  # type: ignore[arg-type]
+
+
+def test_drafts_need_a_slotted_dataclass() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Plain:
+        x: int
+
+    with pytest.raises(TypeError):
+        draft_class(Plain)
+
+
 def test_rate_info_is_the_dataclass() -> None:
     assert [f.name for f in dataclasses.fields(RateLimitInfo)] == [
         "limit_requests", "remaining_requests", "reset_requests_s", "limit_tokens", "remaining_tokens", "reset_tokens_s"]
@@ -67,8 +92,11 @@ def test_rate_info_is_the_dataclass() -> None:
 
 
 def test_admitted_is_the_dataclass() -> None:
-    assert _admitted(2, "id", ((0, "credit_limit"),), True, None) == Admission(True, 2, "id", ((0, "credit_limit"),),
-                                                                                 None, True, None)
+    made = _admitted(2, "id", ((0, "credit_limit"),), True, None)
+    plain = Admission(True, 2, "id", ((0, "credit_limit"),), None, True, None)
+    assert made == plain and type(made) is Admission and repr(made) == repr(plain) and hash(made) == hash(plain)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.admitted = False  # type: ignore[misc]
 
 
 def test_candidate_and_plan_builders() -> None:

@@ -116,6 +116,16 @@ async def test_denial_names_the_tightest_cap(store) -> None:
     assert denied.denial.scope == GLOBAL
 
 
+async def test_denial_names_the_tightest_cap_even_when_an_earlier_one_refused_first(store) -> None:
+    await store.set_cap(SpendCap(GLOBAL, DAY, 300))  # checked first, refuses first
+    await store.set_cap(SpendCap(TENANT, DAY, 350))
+    await store.set_cap(SpendCap(Scope("provider", "openai"), DAY, 100))  # checked last, least left
+    denied = await store.admit(request())
+    assert denied.denial.scope == Scope("provider", "openai") and "100 of 100" in denied.denial.message
+    for scope in (GLOBAL, TENANT, Scope("provider", "openai")):
+        assert (await store.get_spend(scope, DAY)).reserved_micros == 0
+
+
 async def test_candidate_fallback_skips_what_a_cap_cannot_afford(store) -> None:
     await store.set_cap(SpendCap(Scope("model", "gpt-4o"), DAY, 500))
     premium, small = cand("gpt-4o", 400, "premium"), cand("gpt-4o-mini", 50, "economy")

@@ -47,7 +47,8 @@ async def admit(state: GatewayState, ex: Exchange) -> None:
         raise error
     assert admission.candidate_index is not None
     ex.reservation_id = admission.reservation_id
-    ex.quota_reasons = skip_reasons(admission)
+    if admission.skipped:
+        ex.quota_reasons = skip_reasons(admission)
     start = ex.start = admission.candidate_index
     if start:
         ex.deployments = ex.deployments[start:]

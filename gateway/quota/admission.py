@@ -8,7 +8,7 @@ decisions inside Redis, and `decode_admission` turns that script's reply into th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, make_dataclass
 from typing import Any, Mapping
 
 from .base import (
@@ -19,6 +19,7 @@ from .base import (
     Denial,
     RateLimitInfo,
     Scope,
+    Settlement,
 )
 from .windows import Window
 
@@ -33,15 +34,24 @@ class Limits:
     shares: tuple[tuple[str, int, float], ...] = ()  # tier, window_s, max_share
 
 
-# The gateway builds an AdmissionRequest with a CandidateCost per candidate on every request.
-# A frozen dataclass's __init__ pays an object.__setattr__ per field, and CandidateCost checks
-# its three names again each time; these two set the slots directly and check only what a
-# request can change, leaving anything else to the dataclass (which raises as ever).
-_new = object.__new__
-_cost_model, _cost_provider, _cost_tier = CandidateCost.model.__set__, CandidateCost.provider.__set__, CandidateCost.tier.__set__  # type: ignore[attr-defined]
-_cost_worst, _cost_tokens = CandidateCost.worst_case_micros.__set__, CandidateCost.tokens.__set__  # type: ignore[attr-defined]
-_req_id, _req_scopes, _req_candidates = AdmissionRequest.request_id.__set__, AdmissionRequest.scopes.__set__, AdmissionRequest.candidates.__set__  # type: ignore[attr-defined]
-_req_now, _req_ttl = AdmissionRequest.now.__set__, AdmissionRequest.ttl_s.__set__  # type: ignore[attr-defined]
+def draft_class(cls: type) -> type:
+    """A mutable twin of the frozen, slotted dataclass `cls`: the same slots in the same order,
+    filled in by a plain __init__ (no checks, no frozen __setattr__ per field).
+
+    Assigning `cls` to a filled draft's `__class__` makes it a `cls`, equal to and
+    indistinguishable from one `cls(...)` builds. The hot path makes a few of these records
+    on every request; a draft is built at about a third of the cost of the frozen __init__,
+    so the builders below check what a request can change and leave the rest to `cls`.
+    """
+    twin = make_dataclass(f"{cls.__name__}Draft", [(f.name, Any) for f in fields(cls)], slots=True, eq=False)
+    if twin.__slots__ != cls.__dict__.get("__slots__"):  # __class__ assignment needs the same layout
+        raise TypeError(f"{cls.__name__} is not a slotted dataclass")
+    return twin
+
+
+_CandidateCostDraft = draft_class(CandidateCost)
+_AdmissionRequestDraft = draft_class(AdmissionRequest)
+_SettlementDraft = draft_class(Settlement)
 _checked_names: set[tuple[str, str, str]] = set()  # (model, provider, tier) a CandidateCost accepted
 _checked_scopes: dict[int, tuple[Scope, ...]] = {}  # scope tuples an AdmissionRequest accepted, by id
 
@@ -54,13 +64,9 @@ def new_candidate_cost(model: str, provider: str, tier: str, worst_case_micros: 
         if len(_checked_names) < 4096:  # catalog names: a small set
             _checked_names.add((model, provider, tier))
         return cost
-    cost = _new(CandidateCost)
-    _cost_model(cost, model)
-    _cost_provider(cost, provider)
-    _cost_tier(cost, tier)
-    _cost_worst(cost, worst_case_micros)
-    _cost_tokens(cost, tokens)
-    return cost
+    draft = _CandidateCostDraft(model, provider, tier, worst_case_micros, tokens)
+    draft.__class__ = CandidateCost
+    return draft  # type: ignore[no-any-return]
 
 
 def new_admission_request(request_id: str, scopes: tuple[Scope, ...], candidates: list[CandidateCost],
@@ -74,13 +80,18 @@ def new_admission_request(request_id: str, scopes: tuple[Scope, ...], candidates
                 _checked_scopes.clear()
             _checked_scopes[id(scopes)] = scopes  # held, so its id is not reused while listed
         return request
-    request = _new(AdmissionRequest)
-    _req_id(request, request_id)
-    _req_scopes(request, scopes)
-    _req_candidates(request, candidates)
-    _req_now(request, None)
-    _req_ttl(request, ttl_s)
-    return request
+    draft = _AdmissionRequestDraft(request_id, scopes, candidates, None, ttl_s)
+    draft.__class__ = AdmissionRequest
+    return draft  # type: ignore[no-any-return]
+
+
+def new_settlement(reservation_id: str, actual_micros: int, actual_tokens: int) -> Settlement:
+    """Settlement(reservation_id, actual_micros, actual_tokens), checked alike."""
+    if type(actual_micros) is not int or type(actual_tokens) is not int or actual_micros < 0 or actual_tokens < 0:
+        return Settlement(reservation_id, actual_micros, actual_tokens)
+    draft = _SettlementDraft(reservation_id, actual_micros, actual_tokens)
+    draft.__class__ = Settlement
+    return draft  # type: ignore[no-any-return]
 
 
 def limits_from_fields(fields: Mapping[str, str]) -> Limits:

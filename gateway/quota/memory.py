@@ -60,8 +60,8 @@ class _Reservation:
     amount: int  # worst-case micro-dollars held in every counter below
     tokens: int  # tokens charged to tpm cells at admission
     counters: list[CounterKey]
-    token_scopes: list[str]  # scope keys whose tpm cell was charged
-    shares: list[tuple[str, int, int, str]]  # scope key, window_s, slot index, tier
+    token_scopes: Sequence[str]  # scope keys whose tpm cell was charged
+    shares: Sequence[tuple[str, int, int, str]]  # scope key, window_s, slot index, tier
     deadline: float
     state: str = "active"  # active | expired | settled | released
 
@@ -71,6 +71,7 @@ class _Reservation:
 # requests a second, a full record each kept the collector busy and memory growing).
 _SETTLED = _Reservation(0, 0, [], [], [], 0.0, "settled")
 _RELEASED = _Reservation(0, 0, [], [], [], 0.0, "released")
+_NONE: tuple[()] = ()  # a reservation's token scopes or shares when there are none (most have none)
 
 
 @dataclass(slots=True)
@@ -101,12 +102,12 @@ class MemoryQuotaStore:
     # Reservation ids: a random base per store and a counter. Unique within the store, which
     # is all an id must be (it never leaves the process); a random id per admission cost a
     # getrandom system call each.
-    _id_base: str = field(init=False)
+    _id_head: str = field(init=False)  # id_prefix + the random base
     _id_count: Iterator[int] = field(init=False)
 
     def __post_init__(self) -> None:
         self._limit_tables = LimitTables(self._config)
-        self._id_base = os.urandom(8).hex()
+        self._id_head = self.id_prefix + os.urandom(8).hex()
         self._id_count = itertools.count()
 
     # ---- admission -------------------------------------------------------------------
@@ -129,21 +130,9 @@ class MemoryQuotaStore:
         for key, counter in held:
             counter.reserved += cost
             counters.append(key)
-        token_scopes = []
-        if passed:
-            cells = self._ledger.cells
-            for cell, result in passed:
-                cells[cell] = result.tat
-                if cell[1] == "tpm":
-                    token_scopes.append(cell[0])
-        shares = []
-        for scope_key, window_s in share_windows:
-            counts = self._ledger.share_counts(scope_key, window_s, now)
-            slot = counts.slot_of(now)
-            counts.add(slot, "n", 1)
-            counts.add(slot, candidate.tier, 1)
-            shares.append((scope_key, window_s, slot, candidate.tier))
-        reservation_id = f"{self.id_prefix}{self._id_base}{next(self._id_count):08x}"
+        token_scopes = self._hold_rates(passed) if passed else _NONE
+        shares = self._count_shares(share_windows, candidate.tier, now) if share_windows else _NONE
+        reservation_id = f"{self._id_head}{next(self._id_count):08x}"
         deadline = now + (request.ttl_s or self.reservation_ttl_s)
         self._reservations[reservation_id] = _Reservation(cost, candidate.tokens, counters, token_scopes, shares, deadline)
         expiring = self._expiring
@@ -152,6 +141,27 @@ class MemoryQuotaStore:
         else:
             heapq.heappush(self._expiry, (deadline, reservation_id))
         return reservation_id
+
+    def _hold_rates(self, passed: Passed) -> list[str]:
+        """Move the GCRA cells that let the admission through; the scopes whose tpm it charged."""
+        cells = self._ledger.cells
+        token_scopes = []
+        for cell, result in passed:
+            cells[cell] = result.tat
+            if cell[1] == "tpm":
+                token_scopes.append(cell[0])
+        return token_scopes
+
+    def _count_shares(self, share_windows: ShareWindows, tier: str, now: float) -> list[tuple[str, int, int, str]]:
+        """Count the admission in every share window of its scopes, under "n" and its tier."""
+        shares = []
+        for scope_key, window_s in share_windows:
+            counts = self._ledger.share_counts(scope_key, window_s, now)
+            slot = counts.slot_of(now)
+            counts.add(slot, "n", 1)
+            counts.add(slot, tier, 1)
+            shares.append((scope_key, window_s, slot, tier))
+        return shares
 
     def _expire_at(self, deadline: float, reservation_id: str) -> None:
         expiring = self._expiring
@@ -205,15 +215,17 @@ class MemoryQuotaStore:
             return "duplicate" if reservation.state == "settled" else "released"
         now = self.clock()
         was_active = reservation.state == "active"
+        spend, micros, journal = self._ledger.spend, item.actual_micros, self.journal
         for key in reservation.counters:
-            counter = self._ledger.counter_by_key(key)
+            counter = spend.get(key) or self._ledger.counter_by_key(key)
             if was_active:
                 counter.reserved -= reservation.amount
-            counter.charge(item.actual_micros, now)
-            if self.journal is not None and item.actual_micros:
+            counter.charge(micros, now)
+            if journal is not None and micros:
                 bucket = counter.window.bucket(now) if counter.rolling is not None else key[2]
-                self.journal.append((key[0], key[1], bucket, item.actual_micros))
-        self._adjust_tokens(reservation, item.actual_tokens - reservation.tokens, now)
+                journal.append((key[0], key[1], bucket, micros))
+        if reservation.token_scopes:
+            self._adjust_tokens(reservation, item.actual_tokens - reservation.tokens, now)
         self._reservations[item.reservation_id] = _SETTLED
         self._finished.append((now, item.reservation_id))
         return "settled" if was_active else "late"

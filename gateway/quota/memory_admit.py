@@ -14,12 +14,13 @@ records the reservation. The limits are resolved from the configuration into fla
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, TypeVar
 
 from .admission import (
     Limits,
     cap_message,
+    draft_class,
     limits_from_fields,
     rate_message,
     share_message,
@@ -60,6 +61,18 @@ class RequestLimits:
     caps: tuple[CapCheck, ...]
     shares: Mapping[str, tuple[tuple[str, int, float], ...]]  # tier -> (scope key, window_s, max_share)
     share_windows: ShareWindows
+    # Each candidate's checks joined to these, by (model, provider, tier): see LimitTables.steps.
+    steps: dict[tuple[str, str, str], CandidateSteps] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateSteps:
+    """Everything one candidate of one request is checked against, in check order: made once
+    per request scope set and candidate, so the walk reads flat tables only."""
+
+    caps: tuple[CapCheck, ...]  # the request's caps, then the model's and the provider's
+    rates: tuple[RateCheck, ...]  # the request's tpm, then model rpm, tpm, provider rpm, tpm
+    shares: tuple[tuple[str, int, float], ...]  # the share quotas on the candidate's tier
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +152,16 @@ class LimitTables:
             _remember(self._candidates, key, found)
         return found
 
+    def steps(self, limits: RequestLimits, candidate: CandidateCost) -> CandidateSteps:
+        """The checks of `candidate` in a request with `limits`, joined once and kept there."""
+        key = (candidate.model, candidate.provider, candidate.tier)
+        found = limits.steps.get(key)
+        if found is None:
+            own = self.of_candidate(candidate)
+            found = CandidateSteps(limits.caps + own.caps, limits.tpm + own.rates, limits.shares.get(candidate.tier, ()))
+            _remember(limits.steps, key, found)
+        return found
+
 
 @dataclass(slots=True)
 class _Blocks:
@@ -182,89 +205,87 @@ def decide_admission(request: AdmissionRequest, now: float, degraded: bool, tabl
     # 2. The candidates in plan order: the first that every cap, share quota and rate
     # limit lets through is reserved.
     skipped: list[tuple[int, SkipReason]] = []
-    blocks = _Blocks()
-    request_caps, tpm_checks, shares_by_tier = limits.caps, limits.tpm, limits.shares
+    blocks: _Blocks | None = None  # made when a candidate is first blocked
+    known_steps = limits.steps
     for index, candidate in enumerate(request.candidates):
         requests, tokens = None, None  # the headers describe the candidate under consideration
         for _, limit, result in passed_rpm:
             requests = _offer(requests, limit, result)
-        own = tables.of_candidate(candidate)
-        held = _check_caps(ledger, request_caps, own.caps, candidate.worst_case_micros, now, blocks)
+        steps = known_steps.get((candidate.model, candidate.provider, candidate.tier)) or tables.steps(limits, candidate)
+        cost = candidate.worst_case_micros
+        held = _check_caps(ledger, steps.caps, cost, now)
         if held is None:
+            blocks = blocks or _Blocks()
+            _note_cap_block(ledger, steps.caps, cost, now, blocks)
             skipped.append((index, "credit_limit"))
             continue
-        shares = shares_by_tier.get(candidate.tier) if shares_by_tier else None
-        if shares and not _check_shares(ledger, shares, candidate.tier, now, blocks):
-            skipped.append((index, "route_quota"))
-            continue
+        if steps.shares:
+            blocks = blocks or _Blocks()
+            if not _check_shares(ledger, steps.shares, candidate.tier, now, blocks):
+                skipped.append((index, "route_quota"))
+                continue
         passed: Passed = [(cell, result) for cell, _, result in passed_rpm] if passed_rpm else []
         failed = False
-        if tpm_checks or own.rates:
-            for checks in (tpm_checks, own.rates):
-                for scope_key, kind, limit in checks:
-                    cell = (scope_key, kind)
-                    result = gcra(cells.get(cell), now, 1 if kind == "rpm" else candidate.tokens, limit)
-                    if kind == "rpm":
-                        requests = _offer(requests, limit, result)
-                    else:
-                        tokens = _offer(tokens, limit, result)
-                    if result.allowed:
-                        passed.append((cell, result))
-                    else:
-                        failed = True
-                        if blocks.rate is None or result.retry_after_s < blocks.rate[0]:
-                            blocks.rate = (result.retry_after_s, scope_key, kind, limit)
+        for scope_key, kind, limit in steps.rates:
+            cell = (scope_key, kind)
+            result = gcra(cells.get(cell), now, 1 if kind == "rpm" else candidate.tokens, limit)
+            if kind == "rpm":
+                requests = _offer(requests, limit, result)
+            else:
+                tokens = _offer(tokens, limit, result)
+            if result.allowed:
+                passed.append((cell, result))
+            else:
+                failed = True
+                blocks = blocks or _Blocks()
+                if blocks.rate is None or result.retry_after_s < blocks.rate[0]:
+                    blocks.rate = (result.retry_after_s, scope_key, kind, limit)
         if failed:
             skipped.append((index, "rate_limit"))
             continue
         reservation_id = reserve(request, candidate, held, passed, limits.share_windows, now)
         info = None if requests is None and tokens is None else _rate_info(requests, tokens)
         return _admitted(index, reservation_id, tuple(skipped) if skipped else (), degraded, info)
+    assert blocks is not None  # every candidate was skipped, each for a block it met
     return _deny(skipped, blocks, _rate_info(requests, tokens), now, degraded)
 
 
-def _check_caps(ledger: Ledger, request_caps: tuple[CapCheck, ...], own_caps: tuple[CapCheck, ...], cost: int,
-                now: float, blocks: _Blocks) -> Held | None:
-    """The counters to reserve in, or None when a cap cannot afford `cost` (every cap is
-    still read: the denial names the one with the least left)."""
+def _check_caps(ledger: Ledger, caps: tuple[CapCheck, ...], cost: int, now: float) -> Held | None:
+    """The counters to reserve in, or None when a cap cannot afford `cost`."""
     held: Held = []
-    failed = False
     spend, bucket = ledger.spend, ledger.bucket
-    for caps in (request_caps, own_caps) if own_caps else (request_caps,):
-        for scope_key, window, limit, spec in caps:
-            key = (scope_key, spec, bucket(window, now))  # = ledger.counter's key
-            counter = spend.get(key)
-            if counter is None:
-                key, counter = ledger.counter(scope_key, window, now)
-            held.append((key, counter))
-            remaining = limit - (counter.spent_total(now) + counter.reserved)
-            if cost > remaining:
-                failed = True
-                if blocks.cap is None or remaining < blocks.cap[0]:
-                    blocks.cap = (remaining, scope_key, window, limit, counter.resets_at(now), cost)
-    return None if failed else held
+    for scope_key, window, limit, spec in caps:
+        key = (scope_key, spec, bucket(window, now))  # = ledger.counter's key
+        counter = spend.get(key)
+        if counter is None:
+            key, counter = ledger.counter(scope_key, window, now)
+        if cost > limit - (counter.spent_total(now) + counter.reserved):
+            return None
+        held.append((key, counter))
+    return held
 
 
-# An admitted request's Admission, made on every admission: its slots set directly, not by
-# the frozen dataclass's object.__setattr__ per field (Admission has no checks to skip).
-_new = object.__new__
-_set_admitted, _set_index, _set_id = Admission.admitted.__set__, Admission.candidate_index.__set__, Admission.reservation_id.__set__  # type: ignore[attr-defined]
-_set_skipped, _set_denial = Admission.skipped.__set__, Admission.denial.__set__  # type: ignore[attr-defined]
-_set_degraded, _set_rate = Admission.degraded.__set__, Admission.rate_limit.__set__  # type: ignore[attr-defined]
+def _note_cap_block(ledger: Ledger, caps: tuple[CapCheck, ...], cost: int, now: float, blocks: _Blocks) -> None:
+    """After _check_caps said no: every cap is read again, so that the denial names the one
+    with the least left (and every cap's counter exists, as if all had been read at once)."""
+    for scope_key, window, limit, _ in caps:
+        _, counter = ledger.counter(scope_key, window, now)
+        remaining = limit - (counter.spent_total(now) + counter.reserved)
+        if cost > remaining and (blocks.cap is None or remaining < blocks.cap[0]):
+            blocks.cap = (remaining, scope_key, window, limit, counter.resets_at(now), cost)
+
+
+# Made on every admission: built as drafts (see admission.draft_class), not field by field.
+_AdmissionDraft = draft_class(Admission)
+_RateLimitInfoDraft = draft_class(RateLimitInfo)
 
 
 def _admitted(index: int, reservation_id: str, skipped: tuple[tuple[int, SkipReason], ...], degraded: bool,
               info: RateLimitInfo | None) -> Admission:
     """Admission(True, index, reservation_id, skipped, None, degraded, info)."""
-    admission = _new(Admission)
-    _set_admitted(admission, True)
-    _set_index(admission, index)
-    _set_id(admission, reservation_id)
-    _set_skipped(admission, skipped)
-    _set_denial(admission, None)
-    _set_degraded(admission, degraded)
-    _set_rate(admission, info)
-    return admission
+    admission = _AdmissionDraft(True, index, reservation_id, skipped, None, degraded, info)
+    admission.__class__ = Admission
+    return admission  # type: ignore[no-any-return]
 
 
 def _check_shares(ledger: Ledger, shares: tuple[tuple[str, int, float], ...], tier: str, now: float,
@@ -295,31 +316,15 @@ def _offer(best: Tightest, limit: int, result: GcraResult) -> Tightest:
     return best
 
 
-_set_limit_requests, _set_remaining_requests, _set_reset_requests = (
-    RateLimitInfo.limit_requests.__set__, RateLimitInfo.remaining_requests.__set__,  # type: ignore[attr-defined]
-    RateLimitInfo.reset_requests_s.__set__,  # type: ignore[attr-defined]
-)
-_set_limit_tokens, _set_remaining_tokens, _set_reset_tokens = (
-    RateLimitInfo.limit_tokens.__set__, RateLimitInfo.remaining_tokens.__set__,  # type: ignore[attr-defined]
-    RateLimitInfo.reset_tokens_s.__set__,  # type: ignore[attr-defined]
-)
-
-
 def _rate_info(requests: Tightest, tokens: Tightest) -> RateLimitInfo | None:
-    """RateLimitInfo(*requests, *tokens), its slots set directly (made on every admission
-    of a rate-limited scope; it has no checks to skip)."""
+    """RateLimitInfo(*requests, *tokens) (made on every admission of a rate-limited scope)."""
     if requests is None and tokens is None:
         return None
     r = requests or (None, None, None)
     t = tokens or (None, None, None)
-    info = _new(RateLimitInfo)
-    _set_limit_requests(info, r[0])
-    _set_remaining_requests(info, r[1])
-    _set_reset_requests(info, r[2])
-    _set_limit_tokens(info, t[0])
-    _set_remaining_tokens(info, t[1])
-    _set_reset_tokens(info, t[2])
-    return info
+    info = _RateLimitInfoDraft(r[0], r[1], r[2], t[0], t[1], t[2])
+    info.__class__ = RateLimitInfo
+    return info  # type: ignore[no-any-return]
 
 
 def _deny(skipped: list[tuple[int, SkipReason]], blocks: _Blocks, info: RateLimitInfo | None, now: float,
