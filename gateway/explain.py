@@ -21,7 +21,7 @@ def classification_json(c: Classification, *, with_reasons: bool = True) -> dict
         "format": c.format,
         "latency_class": c.latency_class,
         "tokens": {"input": c.input_tokens, "output": c.output_tokens},
-        "needs": sorted(c.needs),
+        "needs": sorted(c.needs) if c.needs else [],  # mostly empty, and sorted() is not free even then
         "hints": {"objective": c.objective, "latency_budget_ms": c.latency_budget_ms},
     }
     if with_reasons:
