@@ -49,7 +49,8 @@ class GatewayState:
         return self.breakers.unavailable()
 
     def settle_later(self, reservation_id: str, micros: int, tokens: int) -> None:
-        """Queue a settlement; everything queued in one loop turn goes in one settle_many."""
+        """Queue a settlement; everything queued in one loop turn is settled together right
+        after it (one settle_many, or in place for the memory store)."""
         self._settlements.append(new_settlement(reservation_id, micros, tokens))
         if len(self._settlements) == 1:
             running_loop().call_soon(self._flush_settlements)

@@ -132,7 +132,7 @@ class MemoryQuotaStore:
             counters.append(key)
         token_scopes = self._hold_rates(passed) if passed else _NONE
         shares = self._count_shares(share_windows, candidate.tier, now) if share_windows else _NONE
-        reservation_id = f"{self._id_head}{next(self._id_count):08x}"
+        reservation_id = f"{self._id_head}{next(self._id_count)}"  # one head per store: the count tells ids apart
         deadline = now + (request.ttl_s or self.reservation_ttl_s)
         self._reservations[reservation_id] = _Reservation(cost, candidate.tokens, counters, token_scopes, shares, deadline)
         expiring = self._expiring
