@@ -11,6 +11,7 @@ rules whatever the file's comments or formatting.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
@@ -201,7 +202,7 @@ class Policy:
     classifier_rules: Mapping[str, Any]
     path: str = ""
 
-    @property
+    @cached_property  # read on every request (headers, traces)
     def version_tag(self) -> str:
         return f"{self.version}+{self.content_hash[:12]}"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Callable, Mapping
 
 from .catalog import Catalog, Model, default_catalog_path, load_catalog
@@ -27,7 +28,7 @@ class RoutingSnapshot:
     rules: ClassifierRules
     deployments: Mapping[str, Deployment]  # "provider/model" -> how to call it
 
-    @property
+    @cached_property
     def policy_version(self) -> str:
         return self.policy.version_tag
 

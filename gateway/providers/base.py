@@ -10,6 +10,7 @@ the forward loop owns the sockets, timeouts and retries.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping, Protocol
 
 from .errors import UpstreamError
@@ -29,7 +30,7 @@ class Deployment:
     query: Mapping[str, str] = field(default_factory=dict)  # e.g. Azure's api-version
     context_window: int = 0  # tokens; lets a context_length failure skip models no larger
 
-    @property
+    @cached_property  # read several times per request (breakers, metrics, the log)
     def key(self) -> str:
         """Identity for breakers and metrics."""
         return f"{self.provider}/{self.model}"
