@@ -28,13 +28,25 @@ class Decision:
 
 
 def hint_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    out = {}
-    for k, v in headers.items():
-        # Only the head is lowered to test a header that is almost never a hint (header
-        # names are ASCII, so this is k.lower().startswith(HINT_PREFIX)).
-        if k[:_PREFIX_LEN].lower() == HINT_PREFIX:
-            out[k.lower()] = v
-    return out
+    # Almost no request carries a hint: one search over every header name, in C, tells.
+    if HINT_PREFIX not in "\n".join(headers).lower():
+        return {}
+    # Only the head is lowered (header names are ASCII, so this is
+    # k.lower().startswith(HINT_PREFIX)).
+    return {k.lower(): v for k, v in headers.items() if k[:_PREFIX_LEN].lower() == HINT_PREFIX}
+
+
+# The gateway decides on every request. A frozen dataclass's __init__ costs an
+# object.__setattr__ per field; this fills the instance dict directly (every field, in
+# field order), as routing_types.new_plan does for the plan.
+def _decision(classification: Classification, plan: RoutePlan, all_unavailable: bool = False) -> Decision:
+    """Decision(classification, plan, all_unavailable)."""
+    d = object.__new__(Decision)
+    fields = d.__dict__
+    fields["classification"] = classification
+    fields["plan"] = plan
+    fields["all_unavailable"] = all_unavailable
+    return d
 
 
 def decide(
@@ -59,11 +71,11 @@ def decide(
         )
 
     try:
-        return Decision(classification, planned(unavailable))
+        return _decision(classification, planned(unavailable))
     except RoutingError as error:
         if error.code == "no_eligible_model" and unavailable:
             try:  # would it route if the breakers were closed? then it is an outage, not a bad request
-                return Decision(classification, planned(frozenset()), all_unavailable=True)
+                return _decision(classification, planned(frozenset()), all_unavailable=True)
             except RoutingError:
                 pass
         raise GatewayError(error.status, error.message, param=error.param, code=error.code) from None

@@ -16,9 +16,12 @@ Privacy is never traded: a high-risk request needs at least `restricted`, a regu
 `regulated`, whatever the mode, the cost or the requested model.
 
 Every verdict that follows from a request's categories (route, tenant, requested model,
-intent, tier, risk, objective hint, needs) is worked out once into a cached `RequestShape`
-(routing_tables.py); this module is the per-request part: a request checks only its token
-counts and the breakers, then what is left is scored and ordered into the plan.
+intent, tier, risk, objective hint, needs) is worked out once into a cached `RequestShape`,
+and the outcome of the token and breaker checks once per shape and bucket (which of the
+shape's limits the tokens exceed, which breakers are open) into an `Eligibility`, its
+options laid out for the score (routing_tables.py). This module is the per-request part:
+the scores, whose cost term follows the token counts; the order they put the options in;
+the plan. What an order makes of the candidates (roles, reasons) is remembered per order.
 """
 
 from __future__ import annotations
@@ -33,15 +36,15 @@ from .routing_tables import (
     RISK_PRIVACY,
     VIRTUAL_OBJECTIVES,
     RoutingTables,
-    apply_constraints,
+    eligibility,
     tables_for,
-    with_breakers,
 )
 from .routing_types import (
     OWN_REASONS,
     Candidate,
-    Eligibility,
+    CandidateSpec,
     ModelOption,
+    Ranking,
     Rejection,
     RequestShape,
     RoutePlan,
@@ -65,6 +68,7 @@ __all__ = [
 # (about the spread of paid list prices in a real catalog).
 _COST_SPAN = 100.0
 _LOG_COST_SPAN = math.log1p(_COST_SPAN)
+_EXACT_IN_FLOAT = 2**53  # every whole number up to this is a float
 
 
 def estimate_cost_micros(model: Model, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> int:
@@ -83,135 +87,133 @@ def plan(c: Classification, *, tenant: str, requested_model: str | None, policy:
          unavailable: frozenset[str] = frozenset()) -> RoutePlan:
     tables = tables_for(policy, catalog)
     shape = tables.lookup(c, tenant, requested_model)
-    route = shape.route
-
     inp, outp = c.input_tokens, c.output_tokens
-    window_need = inp + outp
-    filtered = shape.settled
-    if filtered is None or window_need > shape.min_context or outp > shape.min_output:
-        filtered = apply_constraints(shape, window_need, outp, unavailable)
-    elif not shape.reachable_keys.isdisjoint(unavailable):
-        if type(unavailable) is frozenset:
-            filtered = with_breakers(shape, unavailable)
-        else:
-            filtered = apply_constraints(shape, window_need, outp, unavailable)
+    filtered = eligibility(shape, inp + outp, outp, unavailable)
+    budget = c.latency_budget_ms or shape.route.latency_budget_ms
 
-    budget = c.latency_budget_ms or route.latency_budget_ms
-    scored = _score(filtered.eligible, inp, outp, shape, budget, tables, with_bonus=True)
-    # Only the candidates are ordered (the schema keeps max_candidates >= 1; else all are).
-    count = route.max_candidates
-    ordered = _order(scored, shape, filtered, count if count >= 1 else len(scored))
-
-    common = filtered.common
-    primary = ordered[0][5]
-    candidates = []
-    for i, (_, _, _, score, flags, o) in enumerate(ordered[:count]):
-        m = o.model
-        if i == 0:
-            candidates.append(new_candidate(m.id, m.provider, m.tier, _round4(score), common + o.own[flags],
-                                            "primary", o.key))
-            continue
-        if o.model_id == primary.model_id:
-            why = "fallback:same_model"
-        elif o.rank < primary.rank:
-            why = o.tier_down
-        else:
-            why = "fallback:score"
-        candidates.append(new_candidate(m.id, m.provider, m.tier, _round4(score), common + o.own[flags] + (why,),
-                                        "fallback", o.key))
-
+    ranking = filtered.ranking
+    scores, flags = _scores(ranking, inp, outp, budget, shape, tables)
+    ranked = _ranked(scores, ranking)
+    specs = ranking.specs.get(ranked) or _specs(ranked, ranking, shape, filtered.common)
     fields = shape.plan_fields.copy()
-    fields["candidates"] = tuple(candidates)
+    fields["candidates"] = tuple([
+        new_candidate(model, provider, tier, _round4(scores[i]), reasons[flags[i]], role, key)
+        for i, model, provider, tier, reasons, role, key in specs
+    ])
     fields["rejected"] = filtered.rejected
     fields["latency_budget_ms"] = budget
-    if filtered.content_options:
-        fields["content_fallback"] = _content_fallback(filtered.content_options, common, inp, outp, shape, budget,
-                                                       tables)
+    if filtered.content_ranking is not None:
+        fields["content_fallback"] = _content_fallback(filtered.content_ranking, filtered.common, inp, outp, shape,
+                                                       budget, tables)
     return new_plan(fields)
 
 
-# A scored option: (-score, price tie-break, position, score, OWN_REASONS flags, option). Plain
-# tuples sort best first with no key function: best score, then the cheaper model, then
-# catalog order (positions are unique, so the option itself is never compared).
-Scored = list[tuple[float, int, int, float, int, ModelOption]]
-
-
-def _score(options: Sequence[ModelOption], inp: int, outp: int, shape: RequestShape, budget: int | None,
-           tables: RoutingTables, with_bonus: bool) -> Scored:
-    s = tables.policy.scoring
+def _scores(ranking: Ranking, inp: int, outp: int, budget: int | None, shape: RequestShape,
+            tables: RoutingTables) -> tuple[list[float], Sequence[int]]:
+    """Every option's score, and its OWN_REASONS flags (1 context tight, 2 over the latency
+    budget), in option order. A request short of the ranking's `tightest` and `slowest`
+    marks meets neither check for any option and skips both."""
     w_cost, log1p, log_span = shape.weights.cost, math.log1p, _LOG_COST_SPAN
     # Cost is priced for this request's shape (input-heavy vs output-heavy) on a log scale
     # anchored to the dearest request the catalog could produce, so a score does not move
     # with whatever else happens to be eligible.
-    unit = (inp * tables.max_in + outp * tables.max_out) / _COST_SPAN or 1.0
+    dearest = inp * tables.max_in + outp * tables.max_out
+    unit = dearest / _COST_SPAN or 1.0
+    tokens_in, tokens_out, parts = inp, outp, ranking.parts
+    if 0 <= inp and 0 <= outp and dearest < _EXACT_IN_FLOAT:
+        # Then every product and sum of prices (never negative) and token counts below is a
+        # whole number under 2**53, exact as a float: the same value as in integers, cheaper.
+        tokens_in, tokens_out, parts = float(inp), float(outp), ranking.float_parts
+    # Summed in this order (cost, speed, quality, then the penalties, then the bonus): scores
+    # are compared and rounded, so they must come out bit for bit the same on every path.
+    scores = [w_cost * (1.0 - log1p((tokens_in * input_price + tokens_out * output_price) / unit) / log_span)
+              + speed_part + quality_part
+              for input_price, output_price, speed_part, quality_part in parts]
+    flags: Sequence[int] = ranking.no_flags
+    s = tables.policy.scoring
     window_need = inp + outp
-    threshold = s.context_penalty_threshold
+    if window_need >= ranking.tightest:
+        flags = [0] * len(scores)
+        threshold = s.context_penalty_threshold
+        for i, o in enumerate(ranking.options):
+            if window_need >= o.tight_from:  # = window_need / context_window > threshold
+                ratio = window_need / o.context_window
+                scores[i] -= s.context_penalty * (ratio - threshold) / ((1.0 - threshold) or 1.0)
+                flags[i] = 1
     generation = outp * 1000.0  # ms at one token per second
-    out: Scored = []
-    append = out.append
-    for position, o in enumerate(options):
-        cost = inp * o.input_price + outp * o.output_price
-        # Summed in this order (cost, speed, quality, penalties, bonus): scores are compared
-        # and rounded, so they must come out bit for bit the same on every path.
-        score = w_cost * (1.0 - log1p(cost / unit) / log_span) + o.speed_part + o.quality_part
-        if window_need >= o.tight_from:  # = window_need / context_window > threshold
-            ratio = window_need / o.context_window
-            score -= s.context_penalty * (ratio - threshold) / ((1.0 - threshold) or 1.0)
-            flags = 1
+    if budget is not None and generation / ranking.slowest > budget:
+        if type(flags) is tuple:
+            flags = [0] * len(scores)
+        for i, o in enumerate(ranking.options):
+            if generation / o.speed > budget:
+                scores[i] -= s.latency_penalty
+                flags[i] += 2
+    for i in ranking.bonus:
+        scores[i] += s.requested_bonus
+    return scores, flags
+
+
+def _ranked(scores: list[float], ranking: Ranking) -> tuple[int, ...]:
+    """Option indexes best first: the higher score, then the cheaper model, then option
+    order (a stable sort of `by_price`, which reverse=True keeps stable)."""
+    return tuple(sorted(ranking.by_price, key=scores.__getitem__, reverse=True))
+
+
+def _specs(ranked: tuple[int, ...], ranking: Ranking, shape: RequestShape,
+           common: tuple[str, ...]) -> tuple[CandidateSpec, ...]:
+    """The candidates that options ranked in this order make, but for their scores:
+    remembered per order, which only changes where two options' scores cross."""
+    options = ranking.options
+    count = shape.route.max_candidates
+    # Only the candidates are ordered (the schema keeps max_candidates >= 1; else all are).
+    ordered = _order(ranked, options, shape, count if count >= 1 else len(ranked))
+    primary = options[ordered[0]]
+    specs = []
+    for i in ordered[:count]:
+        o = options[i]
+        m = o.model
+        if o is primary:
+            role, why = "primary", ()
+        elif o.model_id == primary.model_id:
+            role, why = "fallback", ("fallback:same_model",)
+        elif o.rank < primary.rank:
+            role, why = "fallback", (o.tier_down,)
         else:
-            flags = 0
-        if budget is not None and generation / o.speed > budget:
-            score -= s.latency_penalty
-            flags += 2
-        if with_bonus and o.bonus:
-            score += s.requested_bonus
-        append((-score, o.tie, position, score, flags, o))
-    out.sort()
-    return out
+            role, why = "fallback", ("fallback:score",)
+        reasons = tuple(common + own + why for own in o.own)
+        specs.append((i, m.id, m.provider, m.tier, reasons, role, o.key))
+    if len(ranking.specs) >= 32:  # the orders a shape's requests meet are few; more means churn
+        ranking.specs.clear()
+    found = ranking.specs[ranked] = tuple(specs)
+    return found
 
 
-def _order(scored: Scored, shape: RequestShape, filtered: Eligibility, count: int) -> Scored:
+def _order(ranked: tuple[int, ...], options: Sequence[ModelOption], shape: RequestShape, count: int) -> list[int]:
     """The first `count` of: primary, the same model elsewhere, the fallback tier (default:
-    the next tier down), the rest; each group best first. The scan stops as soon as the
-    groups' sizes show that nothing later can be among the first `count`."""
-    primary = scored[0]
-    if shape.pinned and not primary[5].requested:
-        for t in scored:
-            if t[5].requested:
-                primary = t
-                break
-    model_id = primary[5].model_id
-    n_same, target, n_tier = filtered.fallback_groups(model_id, primary[5].rank, shape.fallback_rank)
-    need = count - 1
-    same: Scored = []
-    tier: Scored = []
-    other: Scored = []
-    if need > 0:
-        for t in scored:
-            if t is primary:
-                continue
-            o = t[5]
-            if o.model_id == model_id:
-                same.append(t)
-                if len(same) >= need:
-                    break
-            elif o.rank == target:
-                tier.append(t)
-            else:
-                other.append(t)
-            if len(same) == n_same and (n_same + len(tier) >= need
-                                        or (len(tier) == n_tier and n_same + n_tier + len(other) >= need)):
-                break
-    return [primary, *same, *tier, *other][:count]
+    the next tier down), the rest; each group best first."""
+    first = ranked[0]
+    if shape.pinned and not options[first].requested:
+        first = next((i for i in ranked if options[i].requested), first)
+    model_id, rank = options[first].model_id, options[first].rank
+    rest = [i for i in ranked if i != first]
+    same = [i for i in rest if options[i].model_id == model_id]
+    others = [i for i in rest if options[i].model_id != model_id]
+    below = max((options[i].rank for i in others if options[i].rank < rank), default=-1)
+    target = shape.fallback_rank if shape.fallback_rank is not None else below
+    tier = [i for i in others if options[i].rank == target]
+    other = [i for i in others if options[i].rank != target]
+    return [first, *same, *tier, *other][:count]
 
 
-def _content_fallback(usable: Sequence[ModelOption], common: tuple[str, ...], inp: int, outp: int,
-                      shape: RequestShape, budget: int | None, tables: RoutingTables) -> Candidate:
+def _content_fallback(ranking: Ranking, common: tuple[str, ...], inp: int, outp: int, shape: RequestShape,
+                      budget: int | None, tables: RoutingTables) -> Candidate:
     """The model for content-filter refusals, among those that pass this request's hard constraints."""
-    _, _, _, score, flags, o = _score(usable, inp, outp, shape, budget, tables, with_bonus=False)[0]
+    scores, flags = _scores(ranking, inp, outp, budget, shape, tables)
+    i = _ranked(scores, ranking)[0]
+    o = ranking.options[i]
     m = o.model
-    return new_candidate(m.id, m.provider, m.tier, _round4(score), (*common, "content_fallback", *OWN_REASONS[flags]),
-                         "fallback", o.key)
+    return new_candidate(m.id, m.provider, m.tier, _round4(scores[i]),
+                         (*common, "content_fallback", *OWN_REASONS[flags[i]]), "fallback", o.key)
 
 
 def _round4(x: float) -> float:

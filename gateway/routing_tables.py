@@ -5,10 +5,11 @@ quality, the price anchors of the cost score, and each model's static verdict pe
 tenant). Per request shape (route, tenant, requested model, intent, tier, risk, objective
 hint, needs): a `RequestShape`, every model's verdict and score parts for that shape, and the
 outcome of the hard constraints for a request that fits every model with no breaker open.
-`apply_constraints` is what is left for the request itself: its token fit and the
-breakers, then the complexity need. A shape is also found straight from the request's
-categories (`RoutingTables.lookup`): tenant, requested model and labels give the tenant
-settings, the route and the shape in one dictionary lookup.
+`apply_constraints` checks what needs the request itself (its token fit and the breakers),
+then the complexity need; `eligibility` remembers its outcome per shape by what decides it:
+which of the shape's limits the tokens exceed and which breakers are open. A shape is also
+found straight from the request's categories (`RoutingTables.lookup`): tenant, requested
+model and labels give the tenant settings, the route and the shape in one dictionary lookup.
 
 Every cache is bounded. Tables are keyed by the identity of the policy and catalog, shapes
 by that of the route and tenant settings, and an entry checks that identity again, so a
@@ -18,6 +19,7 @@ hot-reloaded policy never meets a table built for its predecessor.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from typing import Mapping
 
 from .catalog import PRIVACY_RANK, PRIVACY_TIERS, TIER_RANK, Catalog, Model
@@ -30,6 +32,7 @@ from .routing_types import (
     Rejection,
     RequestShape,
     RoutingError,
+    new_ranking,
 )
 
 # The privacy tier a request's risk class needs at least.
@@ -182,14 +185,24 @@ class RoutingTables:
 
 
 _TABLES: dict[tuple[int, int], RoutingTables] = {}
+_latest: RoutingTables | None = None  # the last one asked for
 
 
 def tables_for(policy: Policy, catalog: Catalog) -> RoutingTables:
+    entry = _latest
+    if entry is not None and entry.policy is policy and entry.catalog is catalog:
+        return entry  # the policy in force: every request but those of a reload's last moments
+    return _tables_for(policy, catalog)
+
+
+def _tables_for(policy: Policy, catalog: Catalog) -> RoutingTables:
+    global _latest
     entry = _TABLES.get((id(policy), id(catalog)))
     if entry is None or entry.policy is not policy or entry.catalog is not catalog:
         if len(_TABLES) >= 8:  # policies replaced by hot reloads
             _TABLES.pop(next(iter(_TABLES)))
         entry = _TABLES[(id(policy), id(catalog))] = RoutingTables(policy, catalog)
+    _latest = entry
     return entry
 
 
@@ -330,8 +343,10 @@ def _build_shape(tables: RoutingTables, route: Route, settings: Tenant, requeste
     )
     reachable = [o.model for o in options if o.early is None]
     if reachable:
-        shape.min_context = min(m.context_window for m in reachable)
-        shape.min_output = min(m.max_output_tokens for m in reachable)
+        shape.context_limits = tuple(sorted({m.context_window for m in reachable}))
+        shape.output_limits = tuple(sorted({m.max_output_tokens for m in reachable}))
+        shape.min_context = shape.context_limits[0]
+        shape.min_output = shape.output_limits[0]
         shape.reachable_keys = frozenset(m.key for m in reachable)
         # No token count or breaker rejects anything here, so this is what every request
         # within those bounds gets.
@@ -360,15 +375,23 @@ def _check_tenant_may_use(keys: frozenset[str], name: str | None, static: Static
                        param="model", reasons=tuple(reasons))
 
 
-def with_breakers(shape: RequestShape, unavailable: frozenset[str]) -> Eligibility:
-    """`apply_constraints` for a request within the shape's token bounds (so only the breakers
-    reject), remembered per set of open breakers: a handful at a time, changing rarely."""
-    found = shape.by_breakers.get(unavailable)
+def eligibility(shape: RequestShape, window_need: int, out_tokens: int, unavailable: frozenset[str]) -> Eligibility:
+    """`apply_constraints`, remembered per shape by what decides its outcome: which of the
+    shape's context windows and output limits the request exceeds (the models its tokens
+    rule out) and which of its models' breakers are open. A request within every limit with
+    no breaker open gets the shape's `settled` outcome."""
+    settled = shape.settled
+    if (settled is not None and window_need <= shape.min_context and out_tokens <= shape.min_output
+            and shape.reachable_keys.isdisjoint(unavailable)):
+        return settled
+    key = (bisect_left(shape.context_limits, window_need), bisect_left(shape.output_limits, out_tokens),
+           shape.reachable_keys.intersection(unavailable))
+    found = shape.eligibilities.get(key)
     if found is None:
-        found = apply_constraints(shape, 0, 0, unavailable)  # raises when nobody is left: not kept
-        if len(shape.by_breakers) >= 16:
-            shape.by_breakers.clear()
-        shape.by_breakers[unavailable] = found
+        found = apply_constraints(shape, window_need, out_tokens, unavailable)  # raises when nobody is left: not kept
+        if len(shape.eligibilities) >= 64:  # a handful of breaker sets at a time, changing rarely
+            shape.eligibilities.clear()
+        shape.eligibilities[key] = found
     return found
 
 
@@ -395,22 +418,23 @@ def apply_constraints(shape: RequestShape, window_need: int, out_tokens: int,
     if not eligible:
         raise RoutingError(400, "no_eligible_model", _no_model_message(shape.route, rejected),
                            reasons=tuple(rejected))
-    hard_eligible = eligible
-    relaxed = False
+    content_options = tuple(o for o in eligible if o.content_fallback)  # the need does not apply to it
+    common = shape.common
     if shape.need_applies:
         strong = [o for o in eligible if o.strong]
         if not strong:
-            relaxed = True
+            common += ("need_relaxed",)
         elif len(strong) < len(eligible):
             rejected.extend(o.below_need for o in eligible if o.below_need is not None)
             eligible = strong
-    common = shape.common
-    if relaxed:
-        common += ("need_relaxed",)
     if shape.pinned and not any(o.requested for o in eligible):
         common += ("requested:pinned_unavailable",)
-    content_options = tuple(o for o in hard_eligible if o.content_fallback)
-    return Eligibility(tuple(rejected), tuple(eligible), tuple(hard_eligible), relaxed, common, content_options)
+    return Eligibility(
+        rejected=tuple(rejected),
+        common=common,
+        ranking=new_ranking(tuple(eligible), with_bonus=True),
+        content_ranking=new_ranking(content_options, with_bonus=False) if content_options else None,
+    )
 
 
 def _no_model_message(route: Route, rejected: list[Rejection]) -> str:

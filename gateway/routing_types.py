@@ -141,8 +141,12 @@ class RequestShape:
     min_context: int = 0
     min_output: int = 0
     reachable_keys: frozenset[str] = frozenset()
-    # The same with breakers open, per set of open breakers (see routing_tables.with_breakers).
-    by_breakers: dict[frozenset[str], Eligibility] = field(default_factory=dict)
+    # The distinct context windows and output limits of those models, ascending: how many of
+    # them a request exceeds says which models its tokens rule out.
+    context_limits: tuple[int, ...] = ()
+    output_limits: tuple[int, ...] = ()
+    # Every other outcome, by what decides it (see routing_tables.eligibility).
+    eligibilities: dict[tuple[int, int, frozenset[str]], Eligibility] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
@@ -150,32 +154,51 @@ class Eligibility:
     """The hard constraints and the complexity need applied: who is left, who was rejected."""
 
     rejected: tuple[Rejection, ...]  # catalog order, then the models below the need
-    eligible: tuple[ModelOption, ...]  # passed the hard constraints and, unless relaxed, the need
-    hard_eligible: tuple[ModelOption, ...]  # passed the hard constraints
-    relaxed: bool  # nothing met the need, so it was waived
     common: tuple[str, ...]  # the shape's common reasons, plus need_relaxed / requested:pinned_unavailable
-    content_options: tuple[ModelOption, ...]  # the hard-eligible deployments of the content fallback
-    # Per primary (model id, tier rank): how its fallbacks group (see `fallback_groups`).
-    groups: dict[tuple[str, int], tuple[int, int, int]] = field(default_factory=dict)
+    # The eligible: passed the hard constraints and, unless nothing met it, the need.
+    ranking: Ranking
+    # The deployments of the content fallback that passed the hard constraints (None: none).
+    content_ranking: Ranking | None
 
-    def fallback_groups(self, model_id: str, rank: int, fallback_rank: int | None) -> tuple[int, int, int]:
-        """For a primary of `model_id` at tier `rank`: (other deployments of that model, the
-        fallback tier's rank (the route's, else the highest below the primary; -1: none),
-        eligible models of other ids in that tier)."""
-        key = (model_id, rank)
-        found = self.groups.get(key)
-        if found is None:
-            same, below, ranks = -1, -1, []  # -1: the primary is one of the same model
-            for o in self.eligible:
-                if o.model_id == model_id:
-                    same += 1
-                else:
-                    ranks.append(o.rank)
-                    if below < o.rank < rank:
-                        below = o.rank
-            target = fallback_rank if fallback_rank is not None else below
-            found = self.groups[key] = (same, target, ranks.count(target))
-        return found
+
+@dataclass(slots=True, eq=False)
+class Ranking:
+    """Options laid out for the per-request score (routing._scores): what it reads of them,
+    flat, and what tells in advance that no token count or budget check applies; and, per
+    order the scores put them in, the candidates that order makes (routing._specs)."""
+
+    options: tuple[ModelOption, ...]
+    # Per option: input price, output price, speed part, quality part.
+    parts: tuple[tuple[int, int, float, float], ...]
+    float_parts: tuple[tuple[float, float, float, float], ...]  # the same, prices as floats
+    by_price: tuple[int, ...]  # option indexes, cheapest first, then in option order: how equal scores rank
+    bonus: tuple[int, ...]  # the indexes of the options that get the requested bonus
+    tightest: int  # the fewest tokens (input + output) that make any option's context tight
+    slowest: float  # the lowest speed: no option goes over a latency budget that this one meets
+    no_flags: tuple[int, ...]  # a zero per option: the flags when no check applies
+    # Option indexes best first -> the candidates that order makes (see routing._specs).
+    specs: dict[tuple[int, ...], tuple[CandidateSpec, ...]] = field(default_factory=dict)
+
+
+# A candidate but for its score: (option index, model, provider, tier, reasons by OWN_REASONS
+# flags, role, key).
+CandidateSpec = tuple[int, str, str, str, tuple[tuple[str, ...], ...], str, str]
+
+
+def new_ranking(options: tuple[ModelOption, ...], with_bonus: bool) -> Ranking:
+    """The options ranked for the candidates (with the requested bonus) or for the content
+    fallback (without)."""
+    return Ranking(
+        options=options,
+        parts=tuple((o.input_price, o.output_price, o.speed_part, o.quality_part) for o in options),
+        float_parts=tuple((float(o.input_price), float(o.output_price), o.speed_part, o.quality_part) for o in options),
+        by_price=tuple(sorted(range(len(options)), key=lambda i: (options[i].tie, i))),
+        bonus=tuple(i for i, o in enumerate(options) if with_bonus and o.bonus),
+        tightest=min(o.tight_from for o in options),
+        slowest=min(o.speed for o in options),
+        no_flags=(0,) * len(options),
+    )
+
 
 # The router makes a plan and its candidates on every request. A frozen dataclass's
 # __init__ costs an object.__setattr__ per field; these fill the instance dict directly

@@ -424,3 +424,125 @@ def test_plans_never_break_floor_privacy_or_region(c: Classification, tenant: Te
         assert not r.allow_models or m.id in r.allow_models
         if m.lifecycle == "experimental":
             assert m.id in tenant.allowed_models or m.id in r.allow_models
+
+
+# ----------------------------------------------------------------------------- what is remembered
+
+def _plan_or_error(c: Classification, requested: str | None, policy: Any, unavailable: frozenset[str],
+                   tenant: str = "t") -> object:
+    try:
+        return plan(c, tenant=tenant, requested_model=requested, policy=policy, catalog=CAT, unavailable=unavailable)
+    except RoutingError as e:
+        return (e.status, e.code, e.message, e.param, e.reasons)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    c=classifications,
+    tenant=tenants,
+    r=routes,
+    requested=requests,
+    variants=st.lists(st.tuples(
+        st.one_of(st.integers(1, 20_000), st.integers(1, 1_100_000)),
+        # about the catalog's output limits, and past them
+        st.one_of(st.integers(1, 5_000), st.integers(1, 70_000),
+                  st.sampled_from([n + d for n in (4_000, 16_000, 32_000, 64_000) for d in (-1, 0, 1)])),
+        breakers,
+        st.sampled_from([None, 100, 2_000, 20_000]),
+    ), min_size=2, max_size=10),
+)
+def test_a_router_that_remembers_plans_as_a_cold_one(c: Classification, tenant: Tenant, r: Route,
+                                                     requested: str | None,
+                                                     variants: list[tuple[int, int, frozenset[str], int | None]]) -> None:
+    """Shapes, their outcomes per token bucket and breaker set, and the candidates per order
+    are remembered: requests of one shape, in any order, get what a router that has seen
+    nothing before would plan for each."""
+    policy = dataclasses.replace(POL, routes=(r,), tenants={"default": Tenant(name="default"), "t": tenant})
+    requests_ = [(dataclasses.replace(c, input_tokens=i, output_tokens=o, latency_budget_ms=b), u)
+                 for i, o, u, b in variants]
+    warm = [_plan_or_error(x, requested, policy, u) for x, u in requests_]
+    for (x, u), seen in zip(requests_, warm):
+        cold = dataclasses.replace(policy)  # a policy object of its own: every table built afresh
+        assert _plan_or_error(x, requested, cold, u) == seen
+
+
+def test_scores_are_the_integer_formula_bit_for_bit() -> None:
+    """Scores are computed in floats while price x tokens stays exact in them (below 2**53),
+    in integers beyond: either way, the formula's value in integers."""
+    import math
+
+    from gateway.routing import _COST_SPAN, _scores
+    from gateway.routing_tables import eligibility, tables_for
+
+    dear = catalog_from_data({
+        "providers": [{"id": "oa", "api": "openai", "base_url": "https://oa.example/v1", "region": "us"}],
+        "models": [_m("dear", "oa", "large", (100_000, 90_000), 50, 0.9, 10**12, 10**11),
+                   _m("cheap", "oa", "small", (0.1, 0.4), 150, 0.5, 10**12, 10**11),
+                   _m("odd", "oa", "medium", (99_999.999_999, 3.3), 80, 0.7, 10**12, 10**11)],
+    }, "dear-models.yaml")
+    policy = policy_from_data({
+        "version": "dear",
+        "objectives": {"cost_speed": {"cost": 0.6, "speed": 0.3, "quality": 0.1},
+                       "balanced": {"cost": 0.35, "speed": 0.2, "quality": 0.45},
+                       "quality": {"cost": 0.1, "speed": 0.1, "quality": 0.8}},
+        "complexity": {},
+        "routes": [{"name": "default", "objective": "balanced"}], "tenants": {"default": {}},
+    }, dear, "dear-policy.yaml")
+    tables = tables_for(policy, dear)
+    for inp, outp in [(1, 1), (149, 16), (90_071, 1), (90_072, 1), (45_035_996, 0), (10**9 + 7, 3),
+                      (3, 10**9 + 7), (123_456_789, 987_654_321), (0, 0)]:
+        c = req(input_tokens=inp, output_tokens=outp, tier="trivial")
+        shape = tables.lookup(c, "default", None)
+        ranking = eligibility(shape, inp + outp, outp, frozenset()).ranking
+        scores, _ = _scores(ranking, inp, outp, None, shape, tables)
+        unit = (inp * tables.max_in + outp * tables.max_out) / _COST_SPAN or 1.0
+        w = shape.weights.cost
+        expected = [w * (1.0 - math.log1p((inp * i_price + outp * o_price) / unit) / math.log1p(_COST_SPAN)) + sp + qp
+                    for i_price, o_price, sp, qp in ranking.parts]
+        assert [x.hex() for x in scores] == [x.hex() for x in expected], (inp, outp)
+
+
+def test_each_token_bucket_and_breaker_set_gets_its_own_outcome() -> None:
+    """Around every context window and output limit of the catalog, in both directions and
+    with breakers open or not, a warm router plans as a cold one."""
+    windows = sorted({m.context_window for m in CAT.models})
+    outputs = sorted({m.max_output_tokens for m in CAT.models})
+    grid = [(w + dw - o - do, o + do) for w in windows for o in outputs for dw in (-1, 0, 1) for do in (-1, 0, 1)
+            if w + dw - o - do >= 1]
+    for order in (grid, grid[::-1]):
+        policy = dataclasses.replace(POL)  # warmed up by this order alone
+        for i, (inp, outp) in enumerate(order):
+            unavailable = (frozenset(), frozenset({"oa/mid"}), frozenset({"oa/mini", "an/big"}))[i % 3]
+            c = req(input_tokens=inp, output_tokens=outp)
+            warm = _plan_or_error(c, "mid", policy, unavailable, tenant="auto-t")
+            cold = _plan_or_error(c, "mid", dataclasses.replace(POL), unavailable, tenant="auto-t")
+            assert warm == cold, (inp, outp, unavailable)
+
+
+def test_each_order_of_the_scores_gets_its_own_candidates() -> None:
+    """The candidates are remembered per order the scores put the options in: as the token
+    counts move two fallbacks' scores past each other, the fallbacks change with them."""
+    catalog = catalog_from_data({
+        "providers": [{"id": "oa", "api": "openai", "base_url": "https://oa.example/v1", "region": "us"}],
+        "models": [_m("lead", "oa", "large", (0, 0), 100, 0.9, 100_000, 10_000),
+                   _m("reads", "oa", "small", (0.1, 10), 100, 0.6, 100_000, 10_000),  # cheap input
+                   _m("writes", "oa", "small", (10, 0.1), 100, 0.6, 100_000, 10_000)],  # cheap output
+    }, "crossing-models.yaml")
+    policy = policy_from_data({
+        "version": "crossing",
+        "objectives": {"cost_speed": {"cost": 0.6, "speed": 0.3, "quality": 0.1},
+                       "balanced": {"cost": 0.35, "speed": 0.2, "quality": 0.45},
+                       "quality": {"cost": 0.1, "speed": 0.1, "quality": 0.8}},
+        "complexity": {},
+        "routes": [{"name": "default", "objective": "balanced"}],
+        "tenants": {"default": {}},
+    }, catalog, "crossing-policy.yaml")
+    orders = []
+    for inp, outp in [(1_000, 1), (1_000, 1_000), (1, 1_000), (1_000, 2), (2, 1_000)]:
+        c = req(tier="trivial", input_tokens=inp, output_tokens=outp)
+        warm = plan(c, tenant="default", requested_model=None, policy=policy, catalog=catalog)
+        cold = plan(c, tenant="default", requested_model=None, policy=dataclasses.replace(policy), catalog=catalog)
+        assert warm == cold, (inp, outp)
+        orders.append([x.model for x in warm.candidates])
+    assert orders[0] == orders[3] == ["lead", "reads", "writes"]
+    assert orders[2] == orders[4] == ["lead", "writes", "reads"]
