@@ -32,11 +32,13 @@ gives the same keyword results.
 
 from __future__ import annotations
 
+import functools
 import math
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import chain, compress
+from itertools import compress
+from operator import add
 from typing import Any, NamedTuple
 
 import orjson
@@ -53,7 +55,7 @@ from .classify_rules import (
     compile_rules,
     load_default_rules,
 )
-from .classify_scan import content_text, detect_pii, scan_context, scan_message
+from .classify_scan import CACHE_MAX_CHARS, content_text, detect_pii, scan_cached, scan_message
 from .tokens import count_messages_tokens, estimate_utf8
 
 __all__ = [
@@ -95,7 +97,7 @@ class _Later(NamedTuple):
     best_index: int  # the best intent by score (unless a hint set the intent)
     best_score: float
     hits: tuple[int, ...]  # terms of the last user message
-    context_hits: Iterable[int]  # terms of its context
+    context_scans: list[tuple[int, ...]]  # terms of each message of its context that has some
     values: list[Any]  # the signals
     risk: str  # the risk's reason (formatted with the PII check)
     format: str
@@ -147,6 +149,17 @@ _NEEDS = tuple(frozenset(name for bit, name in enumerate(("tools", "json_schema"
                for mask in range(16))
 _NO_RISK = "no PII or sensitive wording found"
 
+# An app sends the same tool definitions with every request, like its system prompt: their
+# token estimate is remembered by their JSON, up to _TOOLS_CACHE_MAX_BYTES of it.
+_TOOLS_CACHE_MAX_BYTES = 16384
+_tools_tokens_cached = functools.lru_cache(maxsize=256)(estimate_utf8)
+
+
+def _tools_tokens(definitions: bytes) -> int:
+    if len(definitions) > _TOOLS_CACHE_MAX_BYTES:
+        return estimate_utf8(definitions)
+    return _tools_tokens_cached(definitions)
+
 
 def _risk(fired: list[Detector], slots: list[float], hints: Hints, rules: ClassifierRules) -> tuple[int, frozenset[str], str]:
     """The PII detectors that fired, then sensitive wording, then the client's hint."""
@@ -172,9 +185,9 @@ def _risk(fired: list[Detector], slots: list[float], hints: Hints, rules: Classi
 
 
 def _intent_reason(rules: ClassifierRules, best_index: int, best_score: float, hits: tuple[int, ...],
-                   context_hits: Iterable[int], values: list[Any]) -> str:
+                   context_scans: list[tuple[int, ...]], values: list[Any]) -> str:
     term_slots = rules.term_slots
-    terms = [rules.terms[i].strip().decode() for source in (hits, context_hits) for i in source if best_index in term_slots[i]]
+    terms = [rules.terms[i].strip().decode() for source in (hits, *context_scans) for i in source if best_index in term_slots[i]]
     terms += [rules.signal_names[index] for index, _ in rules.intent_signals[best_index] if values[index]]
     return f"score {best_score:.1f}: {', '.join(sorted(set(terms))[:8])}"
 
@@ -183,9 +196,10 @@ def _tier_reason(rules: ClassifierRules, score: float, values: list[Any], intent
     # the contributions to the score, computed as classify() summed them
     contributions = []
     log1p = math.log1p
-    picked = rules.feature_row_values(values)
-    for (cap, scale, is_log), value, name in compress(zip(rules.feature_rows, picked, rules.feature_names), picked):
-        contributions.append((scale * (log1p(value if value < cap else cap) if is_log else (value if value < cap else cap)), name))
+    for k, cap, scale, is_log, name in rules.feature_rows:
+        value = values[k]
+        if value:
+            contributions.append((scale * (log1p(value if value < cap else cap) if is_log else (value if value < cap else cap)), name))
     contributions.append((rules.intent_priors.get(intent, 0.0), "intent " + intent))
     top = sorted(contributions, key=lambda item: -abs(item[0]))[:4]
     return f"score {score:.2f}: " + ", ".join(f"{name} {c:+.2f}" for c, name in top)
@@ -220,12 +234,18 @@ def _format_reasons(later: _Later) -> dict[str, str]:
     reasons["output_tokens"] = later.requested or f"estimate for {later.intent}/{later.tier}"
     if hints.task is None:
         if later.best_score >= rules.intent_min_score:
-            reasons["intent"] = _intent_reason(rules, later.best_index, later.best_score, later.hits, later.context_hits,
+            reasons["intent"] = _intent_reason(rules, later.best_index, later.best_score, later.hits, later.context_scans,
                                                later.values)
         else:
             reasons["intent"] = f"default (best {rules.intents[later.best_index]} scored {later.best_score:.1f})"
     reasons["tier"] = _tier_reason(rules, later.score, later.values, later.intent)
     return reasons
+
+
+def _tool_calls_text(calls: Iterable[Any]) -> str:
+    """What an assistant turn's tool calls send upstream: each function's name and arguments."""
+    return "".join(f"\n{c['function'].get('name', '')}({c['function'].get('arguments', '')})"
+                   for c in calls if isinstance(c, Mapping) and isinstance(c.get("function"), Mapping))
 
 
 def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: ClassifierRules) -> Classification:
@@ -234,76 +254,90 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
 
     # The last user message is what is asked now; the system prompt and earlier user turns
     # frame it; every message (assistant and tool turns too) is sent upstream and counts
-    # for tokens and PII.
+    # for tokens and PII. One pass reads the context; the question is read after it.
     messages = body.get("messages") or ()
-    roles: list[Any] = []
+    last_user = len(messages) - 1
+    while last_user >= 0 and messages[last_user].get("role") != "user":
+        last_user -= 1
     texts: list[str] = []
-    last_user = -1
-    vision = answered_before = False
-    assistant_turns = tool_results = user_turns = 0
-    for message in messages:
+    vision = answered_before = has_run = False
+    assistant_turns = tool_results = user_turns = tokens_system = tokens_context = digits_total = 0
+    context_scans: list[tuple[int, ...]] = []
+    no_markers = markers = rules.markers.empty
+    for i, message in enumerate(messages):
         role = message.get("role")
         text = message.get("content")
         if type(text) is not str:
-            text, image = content_text(text)
-            if image:
-                vision = True
+            if text is None:
+                text = ""
+            else:
+                text, image = content_text(text)
+                if image:
+                    vision = True
+        system = False
         if role == "user":
-            last_user = len(texts)
             user_turns += 1
-            answered_before = assistant_turns > 0
-        elif role == "assistant":
-            assistant_turns += 1
-            calls = message.get("tool_calls")
-            if calls:
-                text += "".join(f"\n{c['function'].get('name', '')}({c['function'].get('arguments', '')})"
-                                for c in calls if isinstance(c, Mapping) and isinstance(c.get("function"), Mapping))
-        elif role == "tool" or role == "function":
-            tool_results += 1
-        roles.append(role)
+            if i == last_user:
+                answered_before = assistant_turns > 0
+                texts.append(text)
+                continue
+            read_words = True
+        elif role == "system" or role == "developer":
+            read_words = system = True
+        else:
+            read_words = False
+            if role == "assistant":
+                assistant_turns += 1
+                calls = message.get("tool_calls")
+                if calls:
+                    text += _tool_calls_text(calls)
+            elif role == "tool" or role == "function":
+                tool_results += 1
         texts.append(text)
-
-    if last_user >= 0:
-        tokens_current, digits_total, has_run, hits, first_word, numbers, questions, markers = scan_message(
-            texts[last_user], rules, True, zones=True)
-    else:
-        tokens_current, digits_total, has_run, hits, first_word, numbers, questions, markers = scan_message("", rules, False)
-    tokens_system = tokens_context = 0
-    context_scans: list[tuple[int, ...]] = []
-    for i, text in enumerate(texts):
-        if i == last_user:
-            continue
-        role = roles[i]
-        read_words = role == "user" or role == "system" or role == "developer"
-        tokens, digits, run, terms, _, _, _, counts = scan_context(text, rules, read_words)
+        # a message of the context comes back with every request of its conversation: cached
+        tokens, digits, run, terms, _, _, _, counts = (
+            scan_cached(text, rules, read_words) if len(text) <= CACHE_MAX_CHARS else scan_message(text, rules, read_words))
         digits_total += digits
-        has_run = has_run or run
-        if role == "system" or role == "developer":
+        if run:
+            has_run = True
+        if system:
             tokens_system += tokens
         else:
             tokens_context += tokens
         if terms:
             context_scans.append(terms)
-        if read_words and any(counts):
-            markers = [a + b for a, b in zip(markers, counts)]
+        if counts is not no_markers:
+            markers = tuple(map(add, markers, counts))
+    if last_user >= 0:
+        tokens_current, digits, run, hits, first_word, numbers, questions, counts = scan_message(
+            texts[last_user], rules, True, zones=True)
+        digits_total += digits
+        has_run = has_run or run
+        if counts is not no_markers:
+            markers = tuple(map(add, markers, counts))
+    else:
+        tokens_current, numbers, questions, hits, first_word = 0, 0, 0, (), b""
     tokens_total = _REPLY_PRIMING + _PER_MESSAGE * len(texts) + tokens_current + tokens_system + tokens_context
 
     # Keywords: the last user message counts fully, its context at context_weight; a term
     # found in both counts once. Each slot adds up in term order, then context order.
-    slots = [0.0] * rules.slot_count
-    for slot, weight in chain.from_iterable(map(rules.term_weights.__getitem__, hits)):
-        slots[slot] += weight
+    # (Plain loops: a few terms cost less than setting up itertools over them.)
+    slots = list(rules.slot_start)
+    term_weights = rules.term_weights
+    for term in hits:
+        for slot, weight in term_weights[term]:
+            slots[slot] += weight
     revision_score = slots[rules.revision_slot]
-    context_hits: Iterable[int] = ()
     if context_scans:
         # each term once, where the earliest message has it
-        context_hits = context_scans[0] if len(context_scans) == 1 else dict.fromkeys(chain.from_iterable(context_scans))
-        cw = rules.context_weight
-        term_weights = rules.term_weights
-        for term in context_hits:
-            if term not in hits:
-                for slot, weight in term_weights[term]:
-                    slots[slot] += cw * weight
+        seen = set(hits)
+        term_weights = rules.context_term_weights
+        for terms in context_scans:
+            for term in terms:
+                if term not in seen:
+                    seen.add(term)
+                    for slot, weight in term_weights[term]:
+                        slots[slot] += weight
 
     tools = body.get("tools") or body.get("functions") or ()
     response_format = body.get("response_format")
@@ -327,33 +361,31 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
     values += slots[rules.kw_slot_offset : rules.risk_slot_offset]
     values += markers
 
-    # Only the nonzero signals feed the intent scores and the complexity features (a
-    # logistic score over weighted, capped signals).
-    scores = slots[: rules.kw_slot_offset]
-    picked = rules.intent_row_values(values)
-    for (i, weight), value in zip(compress(rules.intent_rows, picked), filter(None, picked)):
-        scores[i] += weight if value >= 1 else weight * value
+    # Only the nonzero signals feed the intent scores and the complexity logit (a logistic
+    # score over weighted, capped signals), each its own rows.
     log1p = math.log1p
-    z = rules.bias
-    picked = rules.feature_row_values(values)
-    for (cap, scale, is_log), value in zip(compress(rules.feature_rows, picked), filter(None, picked)):
-        z += scale * (log1p(value if value < cap else cap) if is_log else (value if value < cap else cap))
+    signal_rows = rules.signal_rows
+    for k in compress(rules.signal_indexes, values):
+        value = values[k]
+        for slot, cap, scale, is_log in signal_rows[k]:
+            slots[slot] += scale * (log1p(value if value < cap else cap) if is_log else (value if value < cap else cap))
 
     # Intent: the best keyword + signal score, else the default (ties: the earlier intent).
     if hints.task is not None:
         intent = hints.task
         best_index, best_score = 0, 0.0
     else:
+        scores = slots[: rules.kw_slot_offset]
         best_score = max(scores)
         best_index = scores.index(best_score)
         intent = rules.intents[best_index] if best_score >= rules.intent_min_score else rules.default_intent
-    z += rules.intent_priors.get(intent, 0.0)
+    z = slots[rules.score_slot] + rules.intent_priors.get(intent, 0.0)
     score = 1.0 / (1.0 + math.exp(-z))
     # the highest tier whose lower bound the score reaches (a NaN score reaches none)
     tier = TIERS[0] if math.isnan(score) else TIERS[bisect_right(rules.tier_floors, score)]
 
     fired = detect_pii(texts, digits_total, has_run, rules)
-    if fired or hints.risk is not None or any(slots[rules.risk_slot_offset :]):
+    if fired or hints.risk is not None or any(slots[rules.risk_slot_offset : rules.score_slot]):
         level, pii, risk_reason = _risk(fired, slots, hints, rules)
     else:
         level, pii, risk_reason = 0, _NONE, _NO_RISK
@@ -377,7 +409,7 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
         latency = "interactive"
 
     # Tokens: estimate, and count exactly only where a context-window size is close.
-    tools_tokens = estimate_utf8(orjson.dumps(tools)) if tools else 0
+    tools_tokens = _tools_tokens(orjson.dumps(tools)) if tools else 0
     input_tokens = tokens_total + tools_tokens
     exact_near = None
     for low, high, size in rules.exact_bands:
@@ -397,7 +429,7 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
             expected = max(expected, ratio * tokens_current)
         output_tokens = int(min(expected, rules.output_max))
 
-    later = _new_tuple(_Later, (rules, hints, intent, tier, score, best_index, best_score, hits, context_hits, values,
+    later = _new_tuple(_Later, (rules, hints, intent, tier, score, best_index, best_score, hits, context_scans, values,
                                 risk_reason, fmt, len(tools), rf_type, stream, service_tier, exact_near, requested_name))
     result = _new_object(Classification)
     _set_attribute(result, "__dict__", {

@@ -14,8 +14,6 @@ from typing import Any, NamedTuple
 from .classify_rules import ClassifierRules, Detector, Markers, framed_words_form
 from .tokens import estimate_encoded
 
-_CACHE_MAX_CHARS = 8192  # bounds the cache to ~2048 x 8 KB of text
-
 _FIRST = itemgetter(0)
 
 
@@ -29,7 +27,7 @@ class Scan(NamedTuple):
     first_word: bytes  # when no longer than a short question (rules.short_max_tokens), else b""
     numbers: int
     questions: int
-    markers: tuple[int, ...]  # in rules.markers.signals order
+    markers: tuple[int, ...]  # in rules.markers.signals order; rules.markers.empty itself when none is found
 
 
 # Scan(...) runs NamedTuple's __new__, a Python function; tuple.__new__ builds the same
@@ -72,24 +70,25 @@ def _find_terms(segment: bytes, rules: ClassifierRules) -> set[int]:
     return found
 
 
-def _count_markers(scan: bytes, markers: Markers) -> tuple[int, ...]:
-    """Marker counts in `scan` without the automaton: the same, except that a marker
-    overlapping itself ("==" in "===") counts once."""
+def _count_markers(scan: bytes, markers: Markers) -> tuple[int, tuple[int, ...]]:
+    """The count of "?" and the marker counts in `scan`, without the automaton: the same,
+    except that a marker overlapping itself ("==" in "===") counts once."""
     counts = list(markers.zero)
     signal_of = markers.signal_of
     for i, pattern in enumerate(markers.patterns):
         counts[signal_of[i]] += scan.count(pattern)
-    return tuple(counts)
+    return counts.pop(), tuple(counts)
 
 
-def _tally(found: list[tuple[int, int, int]], markers: Markers) -> tuple[int, ...]:
-    """The counts per signal of the automaton's matches (a plain loop beats Counter and
-    bytes.count in C at any number of matches)."""
+def _tally(found: list[tuple[int, int, int]], markers: Markers) -> tuple[int, tuple[int, ...]]:
+    """The count of "?" and the marker counts of the automaton's matches (a plain loop beats
+    Counter and bytes.count in C at any number of matches)."""
     signal_of = markers.signal_of
     counts = list(markers.zero)
-    for i in map(_FIRST, found):
+    for i, _, _ in found:
         counts[signal_of[i]] += 1
-    return tuple(counts)
+    questions = counts.pop()
+    return questions, markers.empty if questions == len(found) else tuple(counts)
 
 
 def scan_message(text: str, rules: ClassifierRules, read_words: bool, zones: bool = False) -> Scan:
@@ -122,12 +121,13 @@ def scan_message(text: str, rules: ClassifierRules, read_words: bool, zones: boo
         clip = ("\n" + text[:head] + "\n" + text[chars - tail :]).encode("utf-8")
     # Every occurrence of every marker counts, so "x^2" counts for both "x^" and "^2"; the
     # count of "?" (the questions signal) comes last.
+    # Without a match, the counts are markers.empty itself (callers skip adding it up).
     markers = rules.markers
     if markers.automaton is None:
-        counts = _count_markers(clip, markers)
+        questions, counts = _count_markers(clip, markers)
     else:
         found = markers.automaton.find_matches_as_indexes(clip, overlapping=True)
-        counts = _tally(found, markers) if found else markers.zero
+        questions, counts = _tally(found, markers) if found else (0, markers.empty)
     # Keywords of the question are read in its instruction zones: the first and last
     # focus_chars (all of a short message); what lies between is usually pasted material.
     # Context is read where its markers are. Either is framed by newlines for words_form.
@@ -148,19 +148,20 @@ def scan_message(text: str, rules: ClassifierRules, read_words: bool, zones: boo
         hits = tuple(sorted(set(map(_FIRST, rules.automaton.find_matches_as_indexes(words, overlapping=True)))))
     # the first word tells a short question (short_question in the rules)
     first = words.split(None, 1) if tokens <= rules.short_max_tokens else None
-    return _new_scan(Scan, (tokens, digits, has_run, hits, first[0] if first else b"", numbers, counts[-1], counts[:-1]))
+    return _new_scan(Scan, (tokens, digits, has_run, hits, first[0] if first else b"", numbers, questions, counts))
 
 
 # System prompts and earlier turns come back with every request of an app or a
 # conversation: remember their scans (a pure function of text and rules, so still
-# deterministic). The last user message is new each time and is never cached.
-_scan_cached = functools.lru_cache(maxsize=2048)(scan_message)
+# deterministic), for texts up to CACHE_MAX_CHARS (this bounds the cache to ~2048 x 8 KB of
+# text). The last user message is new each time and is never cached.
+CACHE_MAX_CHARS = 8192
+scan_cached = functools.lru_cache(maxsize=2048)(scan_message)
 
 
 def scan_context(text: str, rules: ClassifierRules, read_words: bool) -> Scan:
-    if len(text) > _CACHE_MAX_CHARS:
-        return scan_message(text, rules, read_words)
-    return _scan_cached(text, rules, read_words)
+    """scan_message of a message of the context, cached when it is not too long."""
+    return scan_cached(text, rules, read_words) if len(text) <= CACHE_MAX_CHARS else scan_message(text, rules, read_words)
 
 
 # --- PII -------------------------------------------------------------------------------------

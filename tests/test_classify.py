@@ -452,3 +452,23 @@ def test_tier_is_the_highest_bound_the_score_reaches(rules: ClassifierRules) -> 
     raw = default_raw()
     raw["complexity"]["bias"] = float("nan")
     assert classify(CASES[0][1], {}, compile_rules(raw)).tier == "trivial"
+
+
+def test_prefilter_breaking_patterns_never_match(rules: ClassifierRules) -> None:
+    # the term automaton holds a few upper-case patterns after the terms (see
+    # classify_rules._NO_PREFILTER): the words form never holds them, so every match is a term
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from gateway.classify_rules import _NO_PREFILTER, framed_words_form
+
+    assert all(p.isupper() for p in _NO_PREFILTER)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.text(max_size=200))
+    def check(text: str) -> None:
+        words = framed_words_form(("\n" + text + "\n").encode("utf-8"), text.isascii())
+        assert not any(p in words for p in _NO_PREFILTER)
+        assert all(i < len(rules.terms) for i, _, _ in rules.automaton.find_matches_as_indexes(words, overlapping=True))
+
+    check()
