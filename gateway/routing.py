@@ -93,8 +93,8 @@ def plan(c: Classification, *, tenant: str, requested_model: str | None, policy:
 
     ranking = filtered.ranking
     scores, flags = _scores(ranking, inp, outp, budget, shape, tables)
-    ranked = _ranked(scores, ranking)
-    specs = ranking.specs.get(ranked) or _specs(ranked, ranking, shape, filtered.common)
+    order = (ranking, _ranked(scores, ranking))
+    specs = tables.specs.get(order) or _specs(order, shape, filtered.common, tables)
     fields = shape.plan_fields.copy()
     fields["candidates"] = tuple([
         new_candidate(model, provider, tier, _round4(scores[i]), reasons[flags[i]], role, key)
@@ -119,11 +119,13 @@ def _scores(ranking: Ranking, inp: int, outp: int, budget: int | None, shape: Re
     # with whatever else happens to be eligible.
     dearest = inp * tables.max_in + outp * tables.max_out
     unit = dearest / _COST_SPAN or 1.0
-    tokens_in, tokens_out, parts = inp, outp, ranking.parts
     if 0 <= inp and 0 <= outp and dearest < _EXACT_IN_FLOAT:
         # Then every product and sum of prices (never negative) and token counts below is a
         # whole number under 2**53, exact as a float: the same value as in integers, cheaper.
-        tokens_in, tokens_out, parts = float(inp), float(outp), ranking.float_parts
+        tokens_in, tokens_out, parts = float(inp), float(outp), ranking.parts
+    else:
+        tokens_in, tokens_out = inp, outp
+        parts = [(o.input_price, o.output_price, o.speed_part, o.quality_part) for o in ranking.options]
     # Summed in this order (cost, speed, quality, then the penalties, then the bonus): scores
     # are compared and rounded, so they must come out bit for bit the same on every path.
     scores = [w_cost * (1.0 - log1p((tokens_in * input_price + tokens_out * output_price) / unit) / log_span)
@@ -159,10 +161,11 @@ def _ranked(scores: list[float], ranking: Ranking) -> tuple[int, ...]:
     return tuple(sorted(ranking.by_price, key=scores.__getitem__, reverse=True))
 
 
-def _specs(ranked: tuple[int, ...], ranking: Ranking, shape: RequestShape,
-           common: tuple[str, ...]) -> tuple[CandidateSpec, ...]:
-    """The candidates that options ranked in this order make, but for their scores:
-    remembered per order, which only changes where two options' scores cross."""
+def _specs(order: tuple[Ranking, tuple[int, ...]], shape: RequestShape, common: tuple[str, ...],
+           tables: RoutingTables) -> tuple[CandidateSpec, ...]:
+    """The candidates that a ranking's options in this order (indexes, best first) make, but
+    for their scores: remembered per order, which only changes where two scores cross."""
+    ranking, ranked = order
     options = ranking.options
     count = shape.route.max_candidates
     # Only the candidates are ordered (the schema keeps max_candidates >= 1; else all are).
@@ -182,9 +185,8 @@ def _specs(ranked: tuple[int, ...], ranking: Ranking, shape: RequestShape,
             role, why = "fallback", ("fallback:score",)
         reasons = tuple(common + own + why for own in o.own)
         specs.append((i, m.id, m.provider, m.tier, reasons, role, o.key))
-    if len(ranking.specs) >= 32:  # the orders a shape's requests meet are few; more means churn
-        ranking.specs.clear()
-    found = ranking.specs[ranked] = tuple(specs)
+    found = tuple(specs)
+    tables.remember_specs(order, found)
     return found
 
 

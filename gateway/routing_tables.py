@@ -27,9 +27,11 @@ from .classify import Classification
 from .policy import Policy, Route, Tenant
 from .routing_types import (
     OWN_REASONS,
+    CandidateSpec,
     Eligibility,
     ModelOption,
     Rejection,
+    Ranking,
     RequestShape,
     RoutingError,
     new_ranking,
@@ -43,6 +45,7 @@ Quality = Mapping[str, tuple[float, float]]  # deployment key -> (quality for an
 # Per model: (model, reason or None, kind: tenant | route | choice, the Rejection ready-made).
 Static = tuple[tuple[Model, "str | None", str, "Rejection | None"], ...]
 _MAX_SHAPES = 1024  # request shapes kept per (policy, catalog); the oldest goes first
+_MAX_ORDERS = 4096  # candidate lists kept per (policy, catalog), by ranking and order; the oldest goes first
 def _tight_from(context_window: int, threshold: float) -> int:
     """The fewest tokens w with w / context_window > threshold, the test that makes a context
     tight. w / context_window only grows with w, so `tokens >= this` is that same test."""
@@ -84,6 +87,9 @@ class RoutingTables:
         self._static: dict[tuple[str, str], Static] = {}
         self._shapes: dict[tuple[object, ...], RequestShape] = {}
         self._by_request: dict[tuple[object, ...], RequestShape] = {}
+        # (ranking, its option indexes best first) -> the candidates that order makes, but
+        # for their scores (see routing._specs).
+        self.specs: dict[tuple[Ranking, tuple[int, ...]], tuple[CandidateSpec, ...]] = {}
         # Routes are tried in order; up to the first with a score bound, which one matches
         # follows from the request's categories alone.
         self._categorical_routes = next(
@@ -116,6 +122,11 @@ class RoutingTables:
         categories (tenant, intent, tier, risk, format, latency class) alone."""
         position = next(i for i, r in enumerate(self.policy.routes) if r is route)
         return position < self._categorical_routes
+
+    def remember_specs(self, key: tuple[Ranking, tuple[int, ...]], specs: tuple[CandidateSpec, ...]) -> None:
+        if len(self.specs) >= _MAX_ORDERS:
+            self.specs.pop(next(iter(self.specs)))
+        self.specs[key] = specs
 
     def quality(self, intent: str) -> Quality:
         found = self._quality.get(intent)
@@ -279,6 +290,8 @@ def _build_shape(tables: RoutingTables, route: Route, settings: Tenant, requeste
         # The complexity need is soft: a tenant limited to small models still gets an answer.
         strong = pinned_here or (need is not None and q >= need.quality_floor and m.tier_rank >= min_rank)
         too_long, too_much_output, breaker_open = tables.fit_rejections[m.key]
+        speed_part = weights.speed * tables.speed_norm[m.key]
+        quality_part = weights.quality * q_norm
         options.append(ModelOption(
             model=m,
             key=m.key,
@@ -294,8 +307,9 @@ def _build_shape(tables: RoutingTables, route: Route, settings: Tenant, requeste
             too_long=too_long,
             too_much_output=too_much_output,
             breaker_open=breaker_open,
-            speed_part=weights.speed * tables.speed_norm[m.key],
-            quality_part=weights.quality * q_norm,
+            speed_part=speed_part,
+            quality_part=quality_part,
+            score_parts=(float(m.input_micros_per_mtok), float(m.output_micros_per_mtok), speed_part, quality_part),
             tie=m.input_micros_per_mtok + m.output_micros_per_mtok,
             requested=is_requested,
             bonus=is_requested and mode in ("floor", "auto"),
@@ -389,7 +403,7 @@ def eligibility(shape: RequestShape, window_need: int, out_tokens: int, unavaila
     found = shape.eligibilities.get(key)
     if found is None:
         found = apply_constraints(shape, window_need, out_tokens, unavailable)  # raises when nobody is left: not kept
-        if len(shape.eligibilities) >= 64:  # a handful of breaker sets at a time, changing rarely
+        if len(shape.eligibilities) >= 16:  # a few token buckets and breaker sets at a time
             shape.eligibilities.clear()
         shape.eligibilities[key] = found
     return found

@@ -102,6 +102,7 @@ class ModelOption:
     breaker_open: Rejection
     speed_part: float  # weight x normalized speed
     quality_part: float  # weight x normalized quality for the intent
+    score_parts: tuple[float, float, float, float]  # input price, output price (as floats), speed and quality parts
     tie: int  # input + output price: equal scores go to the cheaper model
     requested: bool  # a deployment of the requested model
     bonus: bool  # gets the requested bonus (floor and auto modes)
@@ -164,20 +165,15 @@ class Eligibility:
 @dataclass(slots=True, eq=False)
 class Ranking:
     """Options laid out for the per-request score (routing._scores): what it reads of them,
-    flat, and what tells in advance that no token count or budget check applies; and, per
-    order the scores put them in, the candidates that order makes (routing._specs)."""
+    flat, and what tells in advance that no token count or budget check applies."""
 
     options: tuple[ModelOption, ...]
-    # Per option: input price, output price, speed part, quality part.
-    parts: tuple[tuple[int, int, float, float], ...]
-    float_parts: tuple[tuple[float, float, float, float], ...]  # the same, prices as floats
+    parts: tuple[tuple[float, float, float, float], ...]  # per option, its score_parts
     by_price: tuple[int, ...]  # option indexes, cheapest first, then in option order: how equal scores rank
     bonus: tuple[int, ...]  # the indexes of the options that get the requested bonus
     tightest: int  # the fewest tokens (input + output) that make any option's context tight
     slowest: float  # the lowest speed: no option goes over a latency budget that this one meets
     no_flags: tuple[int, ...]  # a zero per option: the flags when no check applies
-    # Option indexes best first -> the candidates that order makes (see routing._specs).
-    specs: dict[tuple[int, ...], tuple[CandidateSpec, ...]] = field(default_factory=dict)
 
 
 # A candidate but for its score: (option index, model, provider, tier, reasons by OWN_REASONS
@@ -190,8 +186,7 @@ def new_ranking(options: tuple[ModelOption, ...], with_bonus: bool) -> Ranking:
     fallback (without)."""
     return Ranking(
         options=options,
-        parts=tuple((o.input_price, o.output_price, o.speed_part, o.quality_part) for o in options),
-        float_parts=tuple((float(o.input_price), float(o.output_price), o.speed_part, o.quality_part) for o in options),
+        parts=tuple(o.score_parts for o in options),
         by_price=tuple(sorted(range(len(options)), key=lambda i: (options[i].tie, i))),
         bonus=tuple(i for i, o in enumerate(options) if with_bonus and o.bonus),
         tightest=min(o.tight_from for o in options),

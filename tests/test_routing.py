@@ -497,8 +497,8 @@ def test_scores_are_the_integer_formula_bit_for_bit() -> None:
         scores, _ = _scores(ranking, inp, outp, None, shape, tables)
         unit = (inp * tables.max_in + outp * tables.max_out) / _COST_SPAN or 1.0
         w = shape.weights.cost
-        expected = [w * (1.0 - math.log1p((inp * i_price + outp * o_price) / unit) / math.log1p(_COST_SPAN)) + sp + qp
-                    for i_price, o_price, sp, qp in ranking.parts]
+        expected = [w * (1.0 - math.log1p((inp * o.input_price + outp * o.output_price) / unit) / math.log1p(_COST_SPAN))
+                    + o.speed_part + o.quality_part for o in ranking.options]
         assert [x.hex() for x in scores] == [x.hex() for x in expected], (inp, outp)
 
 
