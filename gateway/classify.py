@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import add
@@ -148,6 +148,7 @@ _set_attribute = object.__setattr__
 _NEEDS = tuple(frozenset(name for bit, name in enumerate(("tools", "json_schema", "vision", "streaming")) if mask >> bit & 1)
                for mask in range(16))
 _NO_RISK = "no PII or sensitive wording found"
+_NO_DETECTORS: tuple[Detector, ...] = ()
 
 # An app sends the same tool definitions with every request, like its system prompt: their
 # token estimate is remembered by their JSON, up to _TOOLS_CACHE_MAX_BYTES of it.
@@ -161,7 +162,7 @@ def _tools_tokens(definitions: bytes) -> int:
     return _tools_tokens_cached(definitions)
 
 
-def _risk(fired: list[Detector], slots: list[float], hints: Hints, rules: ClassifierRules) -> tuple[int, frozenset[str], str]:
+def _risk(fired: Sequence[Detector], slots: list[float], hints: Hints, rules: ClassifierRules) -> tuple[int, frozenset[str], str]:
     """The PII detectors that fired, then sensitive wording, then the client's hint."""
     level = 0
     why: list[str] = []
@@ -260,7 +261,7 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
     while last_user >= 0 and messages[last_user].get("role") != "user":
         last_user -= 1
     texts: list[str] = []
-    vision = answered_before = has_run = False
+    vision = answered_before = has_run = pii_cue = False
     assistant_turns = tool_results = user_turns = tokens_system = tokens_context = digits_total = 0
     context_scans: list[tuple[int, ...]] = []
     no_markers = markers = rules.markers.empty
@@ -295,11 +296,13 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
                 tool_results += 1
         texts.append(text)
         # a message of the context comes back with every request of its conversation: cached
-        tokens, digits, run, terms, _, _, _, counts = (
+        tokens, digits, run, cue, terms, _, _, _, counts = (
             scan_cached(text, rules, read_words) if len(text) <= CACHE_MAX_CHARS else scan_message(text, rules, read_words))
         digits_total += digits
-        if run:
-            has_run = True
+        if cue:
+            pii_cue = True
+            if run:
+                has_run = True
         if system:
             tokens_system += tokens
         else:
@@ -309,10 +312,11 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
         if counts is not no_markers:
             markers = tuple(map(add, markers, counts))
     if last_user >= 0:
-        tokens_current, digits, run, hits, first_word, numbers, questions, counts = scan_message(
+        tokens_current, digits, run, cue, hits, first_word, numbers, questions, counts = scan_message(
             texts[last_user], rules, True, zones=True)
         digits_total += digits
         has_run = has_run or run
+        pii_cue = pii_cue or cue
         if counts is not no_markers:
             markers = tuple(map(add, markers, counts))
     else:
@@ -384,7 +388,8 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
     # the highest tier whose lower bound the score reaches (a NaN score reaches none)
     tier = TIERS[0] if math.isnan(score) else TIERS[bisect_right(rules.tier_floors, score)]
 
-    fired = detect_pii(texts, digits_total, has_run, rules)
+    # (no detector can fire without a cue in some message)
+    fired = detect_pii(texts, digits_total, has_run, rules) if pii_cue else _NO_DETECTORS
     if fired or hints.risk is not None or any(slots[rules.risk_slot_offset : rules.score_slot]):
         level, pii, risk_reason = _risk(fired, slots, hints, rules)
     else:

@@ -159,6 +159,9 @@ class ClassifierRules:
     tier_floors: tuple[float, ...]  # the lower bounds of TIERS[1:], rising
     detectors: tuple[Detector, ...]  # fewest min_digits first
     run_free_detectors: tuple[Detector, ...]  # those that need no digit run, in the same order
+    # the substrings they need ("" for one that needs none): without a digit run or one of
+    # these in some message, no detector can fire
+    run_free_substrings: tuple[str, ...]
     # A digit run: digits and separators, starting and ending with a digit. Found in the
     # text's probe (a digit -> "0", a separator -> "1", anything else -> space), where the
     # regex engine only stops at digits.
@@ -369,6 +372,7 @@ def compile_rules(raw: Mapping[str, Any]) -> ClassifierRules:
         tier_floors=tuple(float(tiers[t]) for t in TIERS[1:]),
         detectors=tuple(detectors),
         run_free_detectors=tuple(d for d in detectors if not d.run),
+        run_free_substrings=tuple(dict.fromkeys(d.substring or "" for d in detectors if not d.run)),
         digit_run_probe=bytes(0x30 if 0x30 <= b <= 0x39 else 0x31 if b in separators else 0x20 for b in range(256)),
         # a run starts with two digits (cards, phones, IDs all do): the "00" prefix lets the
         # regex engine jump between places where two digits meet

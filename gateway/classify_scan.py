@@ -23,6 +23,7 @@ class Scan(NamedTuple):
     tokens: int
     digits: int
     has_run: bool  # holds a digit run as long as the shortest a PII detector needs
+    pii_cue: bool  # has_run, or holds a substring of rules.run_free_substrings: what a PII detector needs
     hits: tuple[int, ...]  # the terms found (indexes into rules.terms), rising
     first_word: bytes  # when no longer than a short question (rules.short_max_tokens), else b""
     numbers: int
@@ -106,8 +107,14 @@ def scan_message(text: str, rules: ClassifierRules, read_words: bool, zones: boo
         and _DIGIT_PAIRS.search(classes) is not None
         and rules.digit_run_regex.search(raw.translate(rules.digit_run_probe)) is not None
     )
+    pii_cue = has_run
+    if not has_run:
+        for substring in rules.run_free_substrings:
+            if substring in text:
+                pii_cue = True
+                break
     if not read_words or not text:
-        return _new_scan(Scan, (tokens, digits, has_run, (), b"", 0, 0, rules.markers.empty))
+        return _new_scan(Scan, (tokens, digits, has_run, pii_cue, (), b"", 0, 0, rules.markers.empty))
     # ASCII text is sliced as bytes: the same bytes as slicing the text and encoding again.
     ascii_only = len(raw) == chars
     # Markers (structure: code, lists, math) are read up to head/tail_chars, after a newline.
@@ -148,7 +155,7 @@ def scan_message(text: str, rules: ClassifierRules, read_words: bool, zones: boo
         hits = tuple(sorted(set(map(_FIRST, rules.automaton.find_matches_as_indexes(words, overlapping=True)))))
     # the first word tells a short question (short_question in the rules)
     first = words.split(None, 1) if tokens <= rules.short_max_tokens else None
-    return _new_scan(Scan, (tokens, digits, has_run, hits, first[0] if first else b"", numbers, questions, counts))
+    return _new_scan(Scan, (tokens, digits, has_run, pii_cue, hits, first[0] if first else b"", numbers, questions, counts))
 
 
 # System prompts and earlier turns come back with every request of an app or a

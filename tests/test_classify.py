@@ -472,3 +472,28 @@ def test_prefilter_breaking_patterns_never_match(rules: ClassifierRules) -> None
         assert all(i < len(rules.terms) for i, _, _ in rules.automaton.find_matches_as_indexes(words, overlapping=True))
 
     check()
+
+
+def test_no_detector_fires_without_a_pii_cue(rules: ClassifierRules) -> None:
+    # classify skips detect_pii when no message has a cue (a digit run, or a substring a
+    # run-free detector needs): the detectors must find nothing then
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from gateway.classify_scan import detect_pii, scan_message
+
+    texts_strategy = st.lists(st.text(alphabet=st.sampled_from(list("0123456789 ().+/-@AGBZ.comx\n")), max_size=60),
+                              min_size=1, max_size=3)
+
+    @settings(max_examples=300, deadline=None)
+    @given(texts_strategy)
+    def check(texts: list[str]) -> None:
+        scans = [scan_message(text, rules, True) for text in texts]
+        if not any(scan.pii_cue for scan in scans):
+            digits = sum(scan.digits for scan in scans)
+            assert detect_pii(texts, digits, False, rules) == []
+
+    check()
+    for text, detector, _ in PII_CASES:
+        if detector is not None:
+            assert scan_message(text, rules, True).pii_cue
