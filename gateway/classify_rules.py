@@ -39,7 +39,8 @@ BASE_SIGNALS = (
 )
 
 _FOLD = frozenset(string.punctuation.encode() + b"\t\n\r\x0b\x0c")
-_WORDS_FORM = bytes(b + 32 if 0x41 <= b <= 0x5A else 0x20 if b in _FOLD else b for b in range(256))
+# words_form's table: all it does to ASCII text, which callers may translate with it directly
+WORDS_FORM = bytes(b + 32 if 0x41 <= b <= 0x5A else 0x20 if b in _FOLD else b for b in range(256))
 _TYPOGRAPHIC_QUOTES = ("\u2019".encode(), "\u2018".encode())
 
 
@@ -56,7 +57,7 @@ def framed_words_form(framed: bytes, ascii_only: bool) -> bytes:
     if not ascii_only:
         for quote in _TYPOGRAPHIC_QUOTES:
             framed = framed.replace(quote, b" ")
-    return framed.translate(_WORDS_FORM)
+    return framed.translate(WORDS_FORM)
 
 
 @dataclass(frozen=True)

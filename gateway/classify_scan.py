@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from .classify_rules import ClassifierRules, Detector, Markers, framed_words_form
+from .classify_rules import WORDS_FORM, ClassifierRules, Detector, Markers, framed_words_form
 from .tokens import estimate_encoded
 
 _FIRST = itemgetter(0)
@@ -148,7 +148,7 @@ def scan_message(text: str, rules: ClassifierRules, read_words: bool, zones: boo
     # A term matches whole words: punctuation counts as a space, and the words of a phrase
     # must be separated by a single space or punctuation mark. A term found twice counts
     # once; hits are sorted, so weights add up in one order whatever the hash seed.
-    words = framed_words_form(framed, ascii_only)
+    words = framed.translate(WORDS_FORM) if ascii_only else framed_words_form(framed, False)  # (a call less for ASCII)
     if rules.automaton is None:
         hits = tuple(sorted(_find_terms(words, rules)))
     else:

@@ -45,6 +45,7 @@ _PER_DIGIT = 0.4784  # cl100k splits numbers into runs of at most three digits
 _PER_PUNCT = 0.4990
 _PER_EXTRA_UTF8_BYTE = 0.7148
 _INTERCEPT = 1.6849
+assert round(_INTERCEPT + _PER_CHAR) >= 1  # estimate_encoded returns at least this, unclamped
 
 # One translate pass keeps only the bytes the model counts, folded to one symbol per class
 # (whitespace " ", digit "0", punctuation "!"); counting in the short result is cheaper
@@ -100,7 +101,8 @@ def estimate_encoded(raw: bytes, chars: int) -> tuple[int, int, int, bytes]:
         + _PER_PUNCT * (len(kept) - whitespace - digits)
         + _PER_EXTRA_UTF8_BYTE * (len(raw) - chars)
     )
-    return max(1, round(estimate)), digits, numbers, kept
+    # (at least round(_INTERCEPT + _PER_CHAR) = 2 for a text: every count is >= 0; no clamp)
+    return round(estimate), digits, numbers, kept
 
 
 def _get_encoding() -> tiktoken.Encoding:
