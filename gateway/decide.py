@@ -60,22 +60,15 @@ def decide(
         classification = classify(body, hint_headers(headers), snapshot.rules)
     except HintError as error:
         raise GatewayError(400, error.message, param=error.param, code="invalid_hint") from None
-    def planned(skip: frozenset[str]) -> RoutePlan:
-        return plan(
-            classification,
-            tenant=tenant,
-            requested_model=body.get("model"),
-            policy=snapshot.policy,
-            catalog=snapshot.catalog,
-            unavailable=skip,
-        )
-
+    model, policy, catalog = body.get("model"), snapshot.policy, snapshot.catalog
     try:
-        return _decision(classification, planned(unavailable))
+        return _decision(classification, plan(classification, tenant=tenant, requested_model=model, policy=policy,
+                                              catalog=catalog, unavailable=unavailable))
     except RoutingError as error:
         if error.code == "no_eligible_model" and unavailable:
             try:  # would it route if the breakers were closed? then it is an outage, not a bad request
-                return _decision(classification, planned(frozenset()), all_unavailable=True)
+                healthy = plan(classification, tenant=tenant, requested_model=model, policy=policy, catalog=catalog)
+                return _decision(classification, healthy, all_unavailable=True)
             except RoutingError:
                 pass
         raise GatewayError(error.status, error.message, param=error.param, code=error.code) from None
