@@ -144,11 +144,18 @@ def _scores(ranking: Ranking, inp: int, outp: int, budget: int | None, shape: Re
                 flags[i] = 1
     generation = outp * 1000.0  # ms at one token per second
     if budget is not None and generation / ranking.slowest > budget:
-        if type(flags) is tuple:
-            flags = [0] * len(scores)
-        for i, o in enumerate(ranking.options):
-            if generation / o.speed > budget:
-                scores[i] -= s.latency_penalty
+        penalty = s.latency_penalty
+        if generation / ranking.fastest > budget:  # every option is over the budget
+            scores = [score - penalty for score in scores]
+            flags = ranking.all_late if flags is ranking.no_flags else [f + 2 for f in flags]
+        else:
+            if flags is ranking.no_flags:
+                flags = [0] * len(scores)
+            options = ranking.options
+            for i in ranking.by_speed:  # the slower an option, the sooner it is over
+                if not generation / options[i].speed > budget:
+                    break
+                scores[i] -= penalty
                 flags[i] += 2
     for i in ranking.bonus:
         scores[i] += s.requested_bonus

@@ -173,7 +173,10 @@ class Ranking:
     bonus: tuple[int, ...]  # the indexes of the options that get the requested bonus
     tightest: int  # the fewest tokens (input + output) that make any option's context tight
     slowest: float  # the lowest speed: no option goes over a latency budget that this one meets
+    fastest: float  # the highest speed: every option goes over a latency budget that this one misses
+    by_speed: tuple[int, ...]  # option indexes, slowest first: the order they go over a latency budget in
     no_flags: tuple[int, ...]  # a zero per option: the flags when no check applies
+    all_late: tuple[int, ...]  # a two per option: the flags when every option is over the latency budget
 
 
 # A candidate but for its score: (option index, model, provider, tier, reasons by OWN_REASONS
@@ -191,7 +194,10 @@ def new_ranking(options: tuple[ModelOption, ...], with_bonus: bool) -> Ranking:
         bonus=tuple(i for i, o in enumerate(options) if with_bonus and o.bonus),
         tightest=min(o.tight_from for o in options),
         slowest=min(o.speed for o in options),
+        fastest=max(o.speed for o in options),
+        by_speed=tuple(sorted(range(len(options)), key=lambda i: options[i].speed)),
         no_flags=(0,) * len(options),
+        all_late=(2,) * len(options),
     )
 
 
