@@ -40,7 +40,6 @@ from .routing_tables import (
     tables_for,
 )
 from .routing_types import (
-    OWN_REASONS,
     Candidate,
     CandidateSpec,
     ModelOption,
@@ -102,9 +101,10 @@ def plan(c: Classification, *, tenant: str, requested_model: str | None, policy:
     ])
     fields["rejected"] = filtered.rejected
     fields["latency_budget_ms"] = budget
-    if filtered.content_ranking is not None:
-        fields["content_fallback"] = _content_fallback(filtered.content_ranking, filtered.common, inp, outp, shape,
-                                                       budget, tables)
+    if filtered.content_specs:
+        if filtered.content_ranking is not None:
+            scores, flags = _scores(filtered.content_ranking, inp, outp, budget, shape, tables)
+        fields["content_fallback"] = _content_fallback(filtered.content_specs, scores, flags)
     return new_plan(fields)
 
 
@@ -214,15 +214,15 @@ def _order(ranked: tuple[int, ...], options: Sequence[ModelOption], shape: Reque
     return [first, *same, *tier, *other][:count]
 
 
-def _content_fallback(ranking: Ranking, common: tuple[str, ...], inp: int, outp: int, shape: RequestShape,
-                      budget: int | None, tables: RoutingTables) -> Candidate:
-    """The model for content-filter refusals, among those that pass this request's hard constraints."""
-    scores, flags = _scores(ranking, inp, outp, budget, shape, tables)
-    i = _ranked(scores, ranking)[0]
-    o = ranking.options[i]
-    m = o.model
-    return new_candidate(m.id, m.provider, m.tier, _round4(scores[i]),
-                         (*common, "content_fallback", *OWN_REASONS[flags[i]]), "fallback", o.key)
+def _content_fallback(specs: tuple[CandidateSpec, ...], scores: list[float], flags: Sequence[int]) -> Candidate:
+    """The model for content-filter refusals: the best scored of its deployments that pass
+    this request's hard constraints (the first of equals, as `specs` come cheapest first)."""
+    best = specs[0]
+    for spec in specs[1:]:
+        if scores[spec[0]] > scores[best[0]]:
+            best = spec
+    i, model, provider, tier, reasons, role, key = best
+    return new_candidate(model, provider, tier, _round4(scores[i]), reasons[flags[i]], role, key)
 
 
 def _round4(x: float) -> float:

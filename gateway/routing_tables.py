@@ -432,7 +432,7 @@ def apply_constraints(shape: RequestShape, window_need: int, out_tokens: int,
     if not eligible:
         raise RoutingError(400, "no_eligible_model", _no_model_message(shape.route, rejected),
                            reasons=tuple(rejected))
-    content_options = tuple(o for o in eligible if o.content_fallback)  # the need does not apply to it
+    content_options = [o for o in eligible if o.content_fallback]  # the need does not apply to it
     common = shape.common
     if shape.need_applies:
         strong = [o for o in eligible if o.strong]
@@ -443,12 +443,28 @@ def apply_constraints(shape: RequestShape, window_need: int, out_tokens: int,
             eligible = strong
     if shape.pinned and not any(o.requested for o in eligible):
         common += ("requested:pinned_unavailable",)
-    return Eligibility(
-        rejected=tuple(rejected),
-        common=common,
-        ranking=new_ranking(tuple(eligible), with_bonus=True),
-        content_ranking=new_ranking(content_options, with_bonus=False) if content_options else None,
+    ranking = new_ranking(tuple(eligible), with_bonus=True)
+    content_specs, content_ranking = _content_specs(content_options, ranking, common)
+    return Eligibility(tuple(rejected), common, ranking, content_specs, content_ranking)
+
+
+def _content_specs(content_options: list[ModelOption], ranking: Ranking,
+                   common: tuple[str, ...]) -> tuple[tuple[CandidateSpec, ...], Ranking | None]:
+    """The content fallback's deployments as candidates, cheapest first (how equal scores
+    rank), and the ranking that scores them: the candidates' own when each is among them
+    without a requested bonus (its score is then the same), else one of their own."""
+    index = {o: i for i, o in enumerate(ranking.options)}
+    content_ranking = None
+    if not all(o in index and not o.bonus for o in content_options):
+        content_ranking = new_ranking(tuple(content_options), with_bonus=False)
+        index = {o: i for i, o in enumerate(content_ranking.options)}
+    cheapest_first = sorted(content_options, key=lambda o: (o.tie, index[o]))
+    specs = tuple(
+        (index[o], o.model.id, o.model.provider, o.model.tier,
+         tuple((*common, "content_fallback", *own) for own in OWN_REASONS), "fallback", o.key)
+        for o in cheapest_first
     )
+    return specs, content_ranking
 
 
 def _no_model_message(route: Route, rejected: list[Rejection]) -> str:

@@ -158,7 +158,10 @@ class Eligibility:
     common: tuple[str, ...]  # the shape's common reasons, plus need_relaxed / requested:pinned_unavailable
     # The eligible: passed the hard constraints and, unless nothing met it, the need.
     ranking: Ranking
-    # The deployments of the content fallback that passed the hard constraints (None: none).
+    # The deployments of the content fallback that passed the hard constraints, cheapest
+    # first, as candidates but for their scores. Their indexes are into `ranking` when its
+    # scores are theirs (each is eligible, with no requested bonus), else into `content_ranking`.
+    content_specs: tuple[CandidateSpec, ...]
     content_ranking: Ranking | None
 
 

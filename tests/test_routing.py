@@ -546,3 +546,17 @@ def test_each_order_of_the_scores_gets_its_own_candidates() -> None:
         orders.append([x.model for x in warm.candidates])
     assert orders[0] == orders[3] == ["lead", "reads", "writes"]
     assert orders[2] == orders[4] == ["lead", "writes", "reads"]
+
+
+def test_content_fallback_is_scored_without_the_bonus_and_the_need() -> None:
+    # Requested in auto mode, the content fallback gets the bonus as a candidate, not as the fallback.
+    hinted = route(req(tier="standard", intent="chat"), tenant="auto-t", model="big")
+    plain = route(req(tier="standard", intent="chat"), tenant="auto-t")
+    assert hinted.content_fallback == plain.content_fallback
+    assert next(c for c in hinted.candidates if c.model == "big").score > plain.content_fallback.score
+    # A complex task rules the small models out as candidates, not as the content fallback.
+    small = dataclasses.replace(POL.routes[-1], content_fallback="tiny")
+    policy = dataclasses.replace(POL, routes=(small,))
+    p = plan(req(tier="complex", intent="chat"), tenant="default", requested_model=None, policy=policy, catalog=CAT)
+    assert p.content_fallback is not None and p.content_fallback.model == "tiny"
+    assert "tiny" not in {c.model for c in p.candidates} and any(r.reason == "below_need:complex" for r in p.rejected)
