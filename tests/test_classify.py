@@ -497,3 +497,62 @@ def test_no_detector_fires_without_a_pii_cue(rules: ClassifierRules) -> None:
     for text, detector, _ in PII_CASES:
         if detector is not None:
             assert scan_message(text, rules, True).pii_cue
+
+
+def test_signal_rows_add_up_as_the_rules_say(rules: ClassifierRules) -> None:
+    # classify adds each nonzero signal's rows into one list of slots; recompute the intent
+    # scores and the complexity score straight from the rules, in the documented order
+    import math
+
+    raw = rules.raw
+    index = {name: i for i, name in enumerate(rules.signal_names)}
+    for request in MIXED + [c[1] for c in CASES]:
+        c = classify(request, {}, rules)
+        later = c.reasons._later  # type: ignore[attr-defined]
+        values = later.values
+        # intents: keywords of the question, then new terms of the context, then signals
+        scores = [0.0] * len(rules.intents)
+        for term in later.hits:
+            for slot, weight in rules.term_weights[term]:
+                if slot < len(scores):
+                    scores[slot] += weight
+        seen = set(later.hits)
+        for terms in later.context_scans:
+            for term in terms:
+                if term not in seen:
+                    seen.add(term)
+                    for slot, weight in rules.term_weights[term]:
+                        if slot < len(scores):
+                            scores[slot] += rules.context_weight * weight
+        for k, value in enumerate(values):
+            for i, signals in enumerate(rules.intent_signals):
+                for signal, weight in signals:
+                    if signal == k and value:
+                        scores[i] += weight if value >= 1 else weight * value
+        assert (later.best_score, later.best_index) == (max(scores), scores.index(max(scores)))
+        # complexity: bias, features by signal then in the rules' order, the intent's prior
+        z = float(raw["complexity"]["bias"])
+        for k, value in enumerate(values):
+            for spec in raw["complexity"]["features"].values():
+                if index[spec["signal"]] == k and value:
+                    cap = float(spec["cap"])
+                    if spec.get("scale", "linear") == "log":
+                        z += spec["weight"] / math.log1p(cap) * math.log1p(min(value, cap))
+                    else:
+                        z += spec["weight"] / cap * min(value, cap)
+        z += rules.intent_priors[c.intent]
+        assert later.score == 1.0 / (1.0 + math.exp(-z))
+
+
+def test_tool_definitions_estimate_is_the_same_cached_or_not(rules: ClassifierRules) -> None:
+    import orjson
+
+    from gateway.tokens import estimate_utf8
+
+    small = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    large = [{"type": "function", "function": {"name": f"f{i}", "description": "word " * 400}} for i in range(12)]
+    for tools in (small, large):
+        request = body(user("Call the tool."), tools=tools)
+        plain = classify(body(user("Call the tool.")), {}, rules).input_tokens
+        for _ in range(2):
+            assert classify(request, {}, rules).input_tokens == plain + estimate_utf8(orjson.dumps(tools))
