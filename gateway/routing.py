@@ -92,6 +92,7 @@ def plan(c: Classification, *, tenant: str, requested_model: str | None, policy:
 
     ranking = filtered.ranking
     scores, flags = _scores(ranking, inp, outp, budget, shape, tables)
+    # The candidates this order makes, but for their scores (remembered per order).
     order = (ranking, _ranked(scores, ranking))
     specs = tables.specs.get(order) or _specs(order, shape, filtered.common, tables)
     fields = shape.plan_fields.copy()
@@ -102,9 +103,10 @@ def plan(c: Classification, *, tenant: str, requested_model: str | None, policy:
     fields["rejected"] = filtered.rejected
     fields["latency_budget_ms"] = budget
     if filtered.content_specs:
-        if filtered.content_ranking is not None:
-            scores, flags = _scores(filtered.content_ranking, inp, outp, budget, shape, tables)
-        fields["content_fallback"] = _content_fallback(filtered.content_specs, scores, flags)
+        content_scores, content_flags = scores, flags
+        if filtered.content_ranking is not None:  # not scored with the candidates
+            content_scores, content_flags = _scores(filtered.content_ranking, inp, outp, budget, shape, tables)
+        fields["content_fallback"] = _content_fallback(filtered.content_specs, content_scores, content_flags)
     return new_plan(fields)
 
 
@@ -112,7 +114,8 @@ def _scores(ranking: Ranking, inp: int, outp: int, budget: int | None, shape: Re
             tables: RoutingTables) -> tuple[list[float], Sequence[int]]:
     """Every option's score, and its OWN_REASONS flags (1 context tight, 2 over the latency
     budget), in option order. A request short of the ranking's `tightest` and `slowest`
-    marks meets neither check for any option and skips both."""
+    marks meets neither check for any option and skips both; one past its `fastest` mark is
+    over the budget for every option."""
     w_cost, log1p, log_span = shape.weights.cost, math.log1p, _LOG_COST_SPAN
     # Cost is priced for this request's shape (input-heavy vs output-heavy) on a log scale
     # anchored to the dearest request the catalog could produce, so a score does not move
