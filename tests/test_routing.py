@@ -110,6 +110,19 @@ def test_shipped_health_tenant_never_leaves_its_floor_and_regions() -> None:
 ALL_CAPS = ["tools", "json_schema", "vision", "streaming"]
 
 
+def _one_route_policy(catalog: Any, version: str) -> Any:
+    """The smallest policy over `catalog`: one balanced route, the default tenant."""
+    return policy_from_data({
+        "version": version,
+        "objectives": {"cost_speed": {"cost": 0.6, "speed": 0.3, "quality": 0.1},
+                       "balanced": {"cost": 0.35, "speed": 0.2, "quality": 0.45},
+                       "quality": {"cost": 0.1, "speed": 0.1, "quality": 0.8}},
+        "complexity": {},
+        "routes": [{"name": "default", "objective": "balanced"}],
+        "tenants": {"default": {}},
+    }, catalog, f"{version}-policy.yaml")
+
+
 def _m(id: str, provider: str, tier: str, price: tuple[float, float], speed: float, quality: Any, ctx: int,
        out: int, privacy: str = "standard", lifecycle: str = "managed", caps: list[str] = ALL_CAPS,
        **extra: Any) -> dict[str, Any]:
@@ -480,14 +493,7 @@ def test_scores_are_the_integer_formula_bit_for_bit() -> None:
                    _m("cheap", "oa", "small", (0.1, 0.4), 150, 0.5, 10**12, 10**11),
                    _m("odd", "oa", "medium", (99_999.999_999, 3.3), 80, 0.7, 10**12, 10**11)],
     }, "dear-models.yaml")
-    policy = policy_from_data({
-        "version": "dear",
-        "objectives": {"cost_speed": {"cost": 0.6, "speed": 0.3, "quality": 0.1},
-                       "balanced": {"cost": 0.35, "speed": 0.2, "quality": 0.45},
-                       "quality": {"cost": 0.1, "speed": 0.1, "quality": 0.8}},
-        "complexity": {},
-        "routes": [{"name": "default", "objective": "balanced"}], "tenants": {"default": {}},
-    }, dear, "dear-policy.yaml")
+    policy = _one_route_policy(dear, "dear")
     tables = tables_for(policy, dear)
     for inp, outp in [(1, 1), (149, 16), (90_071, 1), (90_072, 1), (45_035_996, 0), (10**9 + 7, 3),
                       (3, 10**9 + 7), (123_456_789, 987_654_321), (0, 0)]:
@@ -528,15 +534,7 @@ def test_each_order_of_the_scores_gets_its_own_candidates() -> None:
                    _m("reads", "oa", "small", (0.1, 10), 100, 0.6, 100_000, 10_000),  # cheap input
                    _m("writes", "oa", "small", (10, 0.1), 100, 0.6, 100_000, 10_000)],  # cheap output
     }, "crossing-models.yaml")
-    policy = policy_from_data({
-        "version": "crossing",
-        "objectives": {"cost_speed": {"cost": 0.6, "speed": 0.3, "quality": 0.1},
-                       "balanced": {"cost": 0.35, "speed": 0.2, "quality": 0.45},
-                       "quality": {"cost": 0.1, "speed": 0.1, "quality": 0.8}},
-        "complexity": {},
-        "routes": [{"name": "default", "objective": "balanced"}],
-        "tenants": {"default": {}},
-    }, catalog, "crossing-policy.yaml")
+    policy = _one_route_policy(catalog, "crossing")
     orders = []
     for inp, outp in [(1_000, 1), (1_000, 1_000), (1, 1_000), (1_000, 2), (2, 1_000)]:
         c = req(tier="trivial", input_tokens=inp, output_tokens=outp)
