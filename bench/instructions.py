@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -177,6 +178,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--stream", action="store_true", help="count SSE requests instead of JSON ones")
     parser.add_argument("--startup-timeout", type=float, default=240.0, help="seconds (valgrind starts slowly)")
     parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="keep each target's callgrind files in DIR (for callgrind_annotate)")
     args = parser.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if args.redis and "gateway+redis" not in args.targets:
@@ -207,6 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         finally:
             children.stop_all()
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                for part in work.glob("*.callgrind*"):
+                    shutil.copy(part, args.keep / part.name)
     print(format_table(results, args))
     print(f"({time.monotonic() - started:.0f} s)")
     return 0 if len(results) == len(args.targets) else 1

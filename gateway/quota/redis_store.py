@@ -94,15 +94,19 @@ class ScriptFailed(QuotaUnavailable):
 
 
 def make_client(url: str, timeout_s: float) -> Redis:
-    """A client that gives up after `timeout_s` and reconnects on its own at the next call.
+    """A client that reconnects on its own at the next call.
 
+    The deadline of every call is the store's own `asyncio.timeout(timeout_s)` around it
+    (ScriptCaller, `_guarded`); a cancelled send or read makes redis-py drop that connection,
+    so no late reply is read by the next call. redis-py's `socket_timeout` is left unset: it
+    would wrap every send in `asyncio.wait_for`, a task per command on the hot path.
     One immediate retry on a connection error (never on a timeout): after a Redis restart
     every pooled connection is stale, and each would otherwise fail one call and mark the
     whole store down although Redis answers again.
     """
     return Redis.from_url(
         url,
-        socket_timeout=timeout_s,
+        socket_timeout=None,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         retry_on_error=[RedisConnectionError],  # pipelines consult this list, not the Retry's
