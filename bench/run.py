@@ -299,6 +299,7 @@ class Row:
     cpu_load_side: float | None  # share of one core used by loadgen (+ upstream behind a proxy)
     cpu_foreign: float | None  # cores' worth of CPU used by anything else during the window (noise)
     cpu_us_per_request: float | None  # CPU the process under test spent per 2xx: robust to noise
+    redis_us_per_request: float | None = None  # CPU the redis-server spent per 2xx (Redis rows)
     first_error: str | None = None
     body_problem: str | None = None
     ratio_rps: float | None = None  # rps / bare pass-through rps, same mode and concurrency
@@ -314,15 +315,18 @@ def _ms(value: float | None) -> float | None:
 
 async def measure(
     target: str, port: int, stream: bool, concurrency: int, args: argparse.Namespace,
-    under_test: list[int], load_side: list[int], headers: dict[str, str],
+    under_test: list[int], load_side: list[int], headers: dict[str, str], redis_side: Sequence[int] = (),
 ) -> Row:
     request = build_request(HOST, port, "/v1/chat/completions", request_body(stream), headers)
     loop = asyncio.get_running_loop()
     marks: list[tuple[float, float, float, float, float]] = []
+    redis_marks: list[float] = []
 
     def mark() -> None:
         marks.append((time.perf_counter(), cpu_seconds(under_test), cpu_seconds(load_side), time.process_time(),
                       machine_busy_seconds()))
+        if redis_side:
+            redis_marks.append(cpu_seconds(redis_side))
 
     loop.call_later(args.warmup, mark)
     loop.call_later(args.warmup + args.duration, mark)
@@ -339,8 +343,11 @@ async def measure(
         dict(sorted(result.statuses.items())),
         _ms(percentile(result.latencies_s, 50)), _ms(percentile(result.latencies_s, 99)),
         _ms(percentile(result.ttfb_s, 50)) if stream else None, _ms(percentile(result.ttfb_s, 99)) if stream else None,
-        cpu_test, cpu_load, cpu_foreign, cpu_per_request, result.first_error, body_problem(result.sample_body, stream),
+        cpu_test, cpu_load, cpu_foreign, cpu_per_request, first_error=result.first_error,
+        body_problem=body_problem(result.sample_body, stream),
     )
+    if len(redis_marks) == 2 and len(marks) == 2 and result.rps:
+        row.redis_us_per_request = (redis_marks[1] - redis_marks[0]) / (marks[1][0] - marks[0][0]) / result.rps * 1e6
     if concurrency > 1 and cpu_load is not None and cpu_test is not None and cpu_load >= 0.9 and cpu_test < 0.85:
         row.notes.append(
             f"LOAD SIDE IS THE BOTTLENECK: its core is {cpu_load:.0%} busy while the process under test uses "
@@ -366,7 +373,7 @@ async def wait_for_quiet(ours: Sequence[int], timeout_s: float) -> float:
 
 async def quietest_row(
     target: str, port: int, stream: bool, concurrency: int, args: argparse.Namespace,
-    under_test: list[int], load_side: list[int], headers: dict[str, str],
+    under_test: list[int], load_side: list[int], headers: dict[str, str], redis_side: Sequence[int] = (),
 ) -> Row:
     """On a shared machine: wait for a quiet moment, and re-run a noisy row, keeping the quietest."""
     best: Row | None = None
@@ -376,7 +383,7 @@ async def quietest_row(
             if foreign > NOISE_CORES:
                 print(f"  (still {foreign:.0%} of a core busy elsewhere after {args.quiet_wait:g}s: measuring anyway)",
                       file=sys.stderr, flush=True)
-        row = await measure(target, port, stream, concurrency, args, under_test, load_side, headers)
+        row = await measure(target, port, stream, concurrency, args, under_test, load_side, headers, redis_side)
         if best is None or (row.cpu_foreign or 0.0) < (best.cpu_foreign or 0.0):
             best = row
         if row.cpu_foreign is None or row.cpu_foreign <= NOISE_CORES:
@@ -452,10 +459,12 @@ async def bench(args: argparse.Namespace, children: Children, report: Report) ->
     authed = {"Authorization": f"Bearer {CLIENT_KEY}"}
 
     async def run_rows(target: str, port: int, under_test: list[int], load_side: list[int],
-                       headers: dict[str, str], child: Child, stream_modes: Sequence[bool] = ()) -> None:
+                       headers: dict[str, str], child: Child, stream_modes: Sequence[bool] = (),
+                       redis_side: Sequence[int] = ()) -> None:
         for stream in stream_modes or modes:
             for concurrency in concurrencies:
-                row = await quietest_row(target, port, stream, concurrency, args, under_test, load_side, headers)
+                row = await quietest_row(target, port, stream, concurrency, args, under_test, load_side, headers,
+                                         redis_side)
                 report.rows.append(row)
                 _progress(row)
                 if child.process.poll() is not None:
@@ -482,7 +491,8 @@ async def bench(args: argparse.Namespace, children: Children, report: Report) ->
             await wait_ready(child, port, headers, args.startup_timeout)
             tree = process_tree(child.process.pid)
             pin(tree, placement.under_test)
-            await run_rows(target, port, tree, [*upstream_pids, *also_load_side], headers, child, stream_modes)
+            await run_rows(target, port, tree, [*upstream_pids, *also_load_side], headers, child, stream_modes,
+                           redis_side=also_load_side)
         except TargetFailed as failure:
             report.failures[target] = str(failure)
             print(f"bench: {target} FAILED: {str(failure).splitlines()[0]}", file=sys.stderr)
@@ -622,6 +632,14 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
     if notes:
         print("\nnotes:")
         print("\n".join(f"  - {n}" for n in notes))
+    redis_rows = [r for r in report.rows if r.redis_us_per_request is not None]
+    if redis_rows:
+        # Every replica's admissions, settles and decision-log records land on one Redis (one
+        # hash slot): its CPU per request bounds the requests/s the whole fleet can serve.
+        print("\nRedis server CPU per request (every replica shares it; one Redis core serves about 1e6 / this req/s):")
+        for r in redis_rows:
+            print(f"  - {r.target} {r.mode} c={r.concurrency}: {r.redis_us_per_request:.1f} us "
+                  f"(about {1e6 / r.redis_us_per_request:,.0f} req/s per Redis core)")
     verdicts = target_verdicts(report.rows, args.concurrency)
     if verdicts:
         print("\ntargets from the issue (reported, not asserted):")
