@@ -38,6 +38,7 @@ import secrets
 import time
 import uuid
 from collections import deque
+from random import getrandbits
 from typing import Any, Awaitable, Callable, Literal, Sequence
 
 import orjson
@@ -287,7 +288,9 @@ class RedisQuotaStore:
         payload = {
             "now": request.now if request.now is not None else self._now(),
             "ttl": request.ttl_s or self.reservation_ttl_s,
-            "id": secrets.token_hex(12),
+            # unique, not secret (never shown to a client): the PRNG, seeded from os.urandom
+            # and re-seeded in every forked worker, saves a system call per request
+            "id": f"{getrandbits(96):024x}",
             "req": request.request_id,
             "ret": self.record_retention_s,
             "rs": [s.key for s in request.request_scopes()],

@@ -43,7 +43,7 @@ local request_rpm = {}  -- passed rpm cells: {key, new tat}
 local treq, ttok, blocked = nil, nil, nil
 for _, s in ipairs(rs) do
   local l = limits_of(s)
-  for _, dim in ipairs({ { 'rpm', l.rpm, 1 }, { 'tpm', l.tpm, fewest } }) do
+  for _, dim in ipairs((l.rpm or l.tpm) and { { 'rpm', l.rpm, 1 }, { 'tpm', l.tpm, fewest } } or {}) do
     local kind, limit, cost = dim[1], dim[2], dim[3]
     if limit then
       local r = gcra(cell_key(s, kind), now, cost, limit)

@@ -18,10 +18,15 @@ local function F(x)
   return string.format('%.6f', x)
 end
 
+-- Redis' TIME, read once per script run: a `_many` batch runs atomically, at one instant
+local script_time = nil
 local function clock(given)
   if given ~= nil and given ~= cjson.null then return tonumber(given) end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1e6
+  if script_time == nil then
+    local t = redis.call('TIME')
+    script_time = tonumber(t[1]) + tonumber(t[2]) / 1e6
+  end
+  return script_time
 end
 
 -- ---- calendar (proleptic Gregorian, UTC) ---------------------------------------------
@@ -56,7 +61,7 @@ local function parse_window(spec)
 end
 
 -- bucket id and (for calendar windows) the reset time of the bucket `now` falls in
-local function bucket_of(spec, now)
+local function compute_bucket(spec, now)
   local kind = parse_window(spec)
   if kind == 'day' then
     local d = math.floor(now / DAY)
@@ -68,6 +73,16 @@ local function bucket_of(spec, now)
     return 'm' .. I(y * 12 + m - 1), days_from_civil(ny, nm, 1) * DAY
   end
   return 'r', nil
+end
+
+-- the same, worked out once per window and instant in a script run (a batch shares `now`)
+local buckets = {}
+local function bucket_of(spec, now)
+  local hit = buckets[spec]
+  if hit ~= nil and hit[1] == now then return hit[2], hit[3] end
+  local bucket, reset = compute_bucket(spec, now)
+  buckets[spec] = { now, bucket, reset }
+  return bucket, reset
 end
 
 -- ---- rolling slots -------------------------------------------------------------------
@@ -250,9 +265,13 @@ local function finish(id, state, retention)
   redis.call('PEXPIRE', key, I(retention * 1000))
 end
 
--- expire reservations of `scope` whose deadline passed; `retention` keeps them for late settles
+-- expire reservations of `scope` whose deadline passed; `retention` keeps them for late settles.
+-- A queue drained up to `now` stays drained for the rest of the script run at that `now`.
+local drained = {}
 local function sweep(scope, now, retention)
+  if drained[scope] == now then return end
   local ids = redis.call('ZRANGEBYSCORE', queue_key(scope), '-inf', F(now), 'LIMIT', 0, 100)
+  if #ids < 100 then drained[scope] = now end
   for _, id in ipairs(ids) do
     local v = redis.call('HMGET', res_key(id), 'st', 'amt', 'd')
     if v[1] == 'a' then
