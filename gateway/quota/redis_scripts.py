@@ -7,6 +7,11 @@ script once and repeats the call.
 Calls made during one event-loop iteration are sent together in one non-transactional
 pipeline. Each script still runs atomically on its own; the pipeline only saves round trips
 and client CPU when many requests arrive at once.
+
+The pipelines go over connections of the caller's own (`ScriptConnections`), made by the
+client's pool but not leased from it per call: the pool's lease costs more than the call
+(a lock, a readability probe that is a system call, observability hooks, an event on
+release).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 SCRIPT_NAMES = (
@@ -87,6 +94,56 @@ def _calls(batch: list[_Pending]) -> list[_Call]:
     return calls
 
 
+class ScriptConnections:
+    """Connections kept by the caller: one per pipeline in flight, back to the idle list after.
+
+    A connection whose exchange did not finish (an error, a timeout, a cancellation) is
+    dropped, never reused: a late reply on it would be read as the next call's. After a Redis
+    restart every idle connection is stale, so a connection error is tried once more on a
+    new connection (the scripts are idempotent per reservation id, as with redis-py's retry).
+    """
+
+    def __init__(self, client: Redis) -> None:
+        self._pool = client.connection_pool  # makes connections with the client's settings
+        self._idle: list[AbstractConnection] = []
+
+    async def exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send `commands` in one write; their replies in order, error replies as exceptions."""
+        connection = self._idle.pop() if self._idle else self._pool.make_connection()
+        try:
+            replies = await self._exchange(connection, commands)
+        except RedisConnectionError:
+            await connection.disconnect(nowait=True)
+            connection = self._pool.make_connection()
+            try:
+                replies = await self._exchange(connection, commands)
+            except BaseException:
+                await connection.disconnect(nowait=True)
+                raise
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        self._idle.append(connection)
+        return replies
+
+    @staticmethod
+    async def _exchange(connection: AbstractConnection, commands: list[tuple[Any, ...]]) -> list[Any]:
+        await connection.connect()  # at once when connected; else connects (HELLO, AUTH, SELECT)
+        await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await connection.read_response())
+            except ResponseError as error:  # the connection stays in step: the reply was read
+                replies.append(error)
+        return replies
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await connection.disconnect()
+
+
 # A burst larger than this goes out as several pipelines, so no single reply waits behind
 # hundreds of scripts (each pipeline has its own deadline).
 MAX_BATCH = 128
@@ -101,6 +158,7 @@ class ScriptCaller:
         self._pending: list[_Pending] = []
         self._scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._connections = ScriptConnections(client)
         self.round_trips = 0  # pipelines (or single calls) sent: lets a benchmark see the batching
 
     async def call(self, name: str, payload: bytes) -> Any:
@@ -142,22 +200,14 @@ class ScriptCaller:
     async def _execute(self, batch: list[_Pending]) -> list[Any]:
         self.round_trips += 1
         calls = _calls(batch)
-        if len(calls) == 1:
-            name, args, _ = calls[0]
-            try:
-                replies = [await self._evalsha(name, args)]
-            except NoScriptError:
+        replies = await self._pipeline(calls)
+        missing = {calls[i][0] for i, r in enumerate(replies) if isinstance(r, NoScriptError)}
+        if missing:  # a fresh or restarted Redis: load the scripts once, and run those calls again
+            for name in missing:
                 await self._client.script_load(_SOURCES[name])
-                replies = [await self._evalsha(name, args)]
-        else:
-            replies = await self._pipeline(calls)
-            missing = {calls[i][0] for i, r in enumerate(replies) if isinstance(r, NoScriptError)}
-            if missing:
-                for name in missing:
-                    await self._client.script_load(_SOURCES[name])
-                retry = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-                for i, reply in zip(retry, await self._pipeline([calls[i] for i in retry]), strict=True):
-                    replies[i] = reply
+            retry = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            for i, reply in zip(retry, await self._pipeline([calls[i] for i in retry]), strict=True):
+                replies[i] = reply
         results: list[Any] = [None] * len(batch)
         for (name, _, positions), reply in zip(calls, replies, strict=True):
             if not name.endswith("_many"):
@@ -171,15 +221,12 @@ class ScriptCaller:
                     results[position] = ResponseError(item[len(_FAILED):].decode()) if failed else item
         return results
 
-    async def _evalsha(self, name: str, args: list[bytes]) -> Any:
-        return await self._client.evalsha(_SHAS[name], 1, self._anchor, self._prefix, *args)
-
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
-        for name, args, _ in calls:
-            pipe.evalsha(_SHAS[name], 1, self._anchor, self._prefix, *args)
-        return list(await pipe.execute(raise_on_error=False))
+        return await self._connections.exchange(
+            [("EVALSHA", _SHAS[name], 1, self._anchor, self._prefix, *args) for name, args, _ in calls]
+        )
 
     async def close(self) -> None:
         for task in list(self._in_flight):
             task.cancel()
+        await self._connections.close()
