@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from gateway.quota.redis_scripts import ScriptConnections
+from gateway.quota.redis_scripts import ScriptConnections, _resp
 from gateway.quota.redis_store import make_client
 
 from .redis_server import RedisServer
@@ -74,3 +74,13 @@ async def test_after_a_restart_a_stale_connection_is_replaced_at_once(server: Re
     assert replies == [b"before"]  # the server keeps its data across the restart (append-only file)
     assert len(connections._idle) == 1 and connections._idle[0] is not stale
     await connections.close()
+
+
+async def test_commands_are_packed_as_redis_py_packs_them(client: Redis) -> None:
+    commands = [
+        ("EVALSHA", "0f74f38768c626140c7acfe26958b138a7a1039d", 1, "{gw}:cfgidx", "{gw}:", b'{"now":null,"id":"\xc3\xa9"}'),
+        ("EVALSHA", "5a930a7aff2685b771fbb410ba99a6e6d38a6943", 1, "{gw}:cfgidx", "{gw}:", b"x" * 70_000, b"", b"\r\n"),
+        ("PING",),
+    ]
+    connection = client.connection_pool.make_connection()
+    assert _resp(commands) == b"".join(connection.pack_commands(commands))
