@@ -96,7 +96,7 @@ async def _decision_log(app: web.Application):  # type: ignore[no-untyped-def]
         from redis.asyncio import Redis
 
         client = Redis.from_url(state.config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        state.decisions = RedisStreamDecisionLog(client)
+        state.decisions = RedisStreamDecisionLog(client, max_len=settings.stream_max_len)
     elif settings.enabled:
         state.decisions = JsonlDecisionLog(settings.path, settings.max_bytes, settings.backups)
     yield

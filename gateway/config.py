@@ -106,6 +106,7 @@ _SCHEMA: dict[str, Any] = {
                 "path": {"type": "string", "minLength": 1},
                 "max_bytes": {"type": "integer", "minimum": 1024},
                 "backups": {"type": "integer", "minimum": 0},
+                "stream_max_len": {"type": "integer", "minimum": 1000},
                 "enabled": {"type": "boolean"},
             },
         },
@@ -159,6 +160,8 @@ class DecisionLogSettings:
     path: str = "var/decisions.jsonl"
     max_bytes: int = 50 * 1024 * 1024
     backups: int = 5
+    # With Redis: the records kept in the stream (about 1 KB each), in the quota store's memory
+    stream_max_len: int = 200_000
 
 
 @dataclass(frozen=True)

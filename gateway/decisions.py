@@ -143,7 +143,7 @@ class RedisStreamDecisionLog:
     script call per batch: one command to encode and one reply to parse for a few hundred
     records, where a pipeline of XADDs costs the gateway both per record."""
 
-    def __init__(self, redis: Any, stream: str = "gateway:decisions", max_len: int = 1_000_000, batch: int = 256,
+    def __init__(self, redis: Any, stream: str = "gateway:decisions", max_len: int = 200_000, batch: int = 256,
                  flush_interval_s: float = 0.2) -> None:
         self._redis = redis
         self._stream = stream
