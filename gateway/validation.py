@@ -6,7 +6,7 @@ everything else passes through to the upstream untouched.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -16,6 +16,8 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 CONTENT_PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
 TOOL_CHOICE_MODES = frozenset({"none", "auto", "required"})
 RESPONSE_FORMAT_TYPES = frozenset({"text", "json_object", "json_schema"})
+
+Check = Callable[[dict[str, Any]], None]  # raises the GatewayError of a body's bad field
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -36,28 +38,31 @@ def validate_chat_request(body: dict[str, Any]) -> None:
     model = body.get("model")
     if model is None:
         raise bad_request("Missing required parameter: 'model'.", "model", "missing_required_parameter")
-    if not isinstance(model, str) or not model.strip():
+    if not isinstance(model, str) or not model or model.isspace():  # empty once stripped
         raise bad_request(
             f"Invalid type for 'model': expected a non-empty string, got {_type_name(model)}.",
             "model",
             "invalid_type",
         )
     _validate_messages(body.get("messages"))
-    for name in ("max_tokens", "max_completion_tokens"):
-        _int_field(body, name, minimum=1)
-    _int_field(body, "n", minimum=1, maximum=128)
-    _number_field(body, "temperature", 0.0, 2.0)
-    _number_field(body, "top_p", 0.0, 1.0)
-    _number_field(body, "presence_penalty", -2.0, 2.0)
-    _number_field(body, "frequency_penalty", -2.0, 2.0)
-    _bool_field(body, "stream")
-    _validate_stream_options(body)
-    _validate_stop(body.get("stop"))
-    _validate_tools(body)
-    _validate_response_format(body.get("response_format"))
-    metadata = body.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise _type_error("metadata", "an object", metadata)
+    _validate_optional_fields(body)
+
+
+def _validate_optional_fields(body: dict[str, Any]) -> None:
+    """Each optional field the body has, checked by its entry in _OPTIONAL_CHECKS (every check
+    accepts null, so an absent field needs none)."""
+    try:
+        for name in body:  # a body carries few of them: its keys are the shorter list to walk
+            check = _OPTIONAL_CHECKS.get(name)
+            if check is not None:
+                check(body)
+        return
+    except Exception:  # noqa: BLE001 - raised again below, from the check that reports it
+        pass
+    # Of two bad fields, the one reported must not depend on the body's key order: the
+    # checks run again in the table's order, and the first one to fail raises.
+    for check in _OPTIONAL_CHECKS.values():
+        check(body)
 
 
 def _validate_messages(messages: Any) -> None:
@@ -68,26 +73,32 @@ def _validate_messages(messages: Any) -> None:
     if not messages:
         raise bad_request("'messages' must contain at least one message.", "messages", "empty_array")
     for i, message in enumerate(messages):
-        where = f"messages[{i}]"
+        # The field's path ("messages[i]") is only formatted for an error.
         if not isinstance(message, dict):
-            raise _type_error(where, "an object", message)
+            raise _type_error(f"messages[{i}]", "an object", message)
         role = message.get("role")
-        if role is None:
-            raise bad_request(f"Missing required parameter: '{where}.role'.", f"{where}.role", "missing_required_parameter")
         if role not in ROLES:
-            raise bad_request(
-                f"Invalid value for '{where}.role': {_short(role)}. Supported values are: "
-                "'system', 'developer', 'user', 'assistant', 'tool' and 'function'.",
-                f"{where}.role",
-                "invalid_value",
-            )
-        _validate_content(message, where, role)
+            raise _role_error(f"messages[{i}]", role)
+        if not isinstance(message.get("content"), str):  # a string is the common case, and valid
+            _validate_content(message, f"messages[{i}]", role)
         if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+            where = f"messages[{i}]"
             raise bad_request(
                 f"Missing required parameter: '{where}.tool_call_id' (a string) for a tool message.",
                 f"{where}.tool_call_id",
                 "missing_required_parameter",
             )
+
+
+def _role_error(where: str, role: Any) -> GatewayError:
+    if role is None:
+        return bad_request(f"Missing required parameter: '{where}.role'.", f"{where}.role", "missing_required_parameter")
+    return bad_request(
+        f"Invalid value for '{where}.role': {_short(role)}. Supported values are: "
+        "'system', 'developer', 'user', 'assistant', 'tool' and 'function'.",
+        f"{where}.role",
+        "invalid_value",
+    )
 
 
 def _validate_content(message: dict[str, Any], where: str, role: str) -> None:
@@ -139,7 +150,8 @@ def _validate_stream_options(body: dict[str, Any]) -> None:
         raise _type_error("stream_options.include_usage", "a boolean", include_usage)
 
 
-def _validate_stop(stop: Any) -> None:
+def _validate_stop(body: dict[str, Any]) -> None:
+    stop = body.get("stop")
     if stop is None or isinstance(stop, str):
         return
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
@@ -150,23 +162,27 @@ def _validate_stop(stop: Any) -> None:
 
 def _validate_tools(body: dict[str, Any]) -> None:
     tools = body.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list):
-            raise _type_error("tools", "an array", tools)
-        for i, tool in enumerate(tools):
-            where = f"tools[{i}]"
-            if not isinstance(tool, dict):
-                raise _type_error(where, "an object", tool)
-            if tool.get("type", "function") == "function":
-                function = tool.get("function")
-                if not isinstance(function, dict):
-                    raise _type_error(f"{where}.function", "an object", function)
-                if not isinstance(function.get("name"), str) or not function["name"]:
-                    raise bad_request(
-                        f"Missing required parameter: '{where}.function.name'.",
-                        f"{where}.function.name",
-                        "missing_required_parameter",
-                    )
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise _type_error("tools", "an array", tools)
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise _type_error(where, "an object", tool)
+        if tool.get("type", "function") == "function":
+            function = tool.get("function")
+            if not isinstance(function, dict):
+                raise _type_error(f"{where}.function", "an object", function)
+            if not isinstance(function.get("name"), str) or not function["name"]:
+                raise bad_request(
+                    f"Missing required parameter: '{where}.function.name'.",
+                    f"{where}.function.name",
+                    "missing_required_parameter",
+                )
+
+
+def _validate_tool_choice(body: dict[str, Any]) -> None:
     choice = body.get("tool_choice")
     if choice is None:
         return
@@ -190,7 +206,8 @@ def _validate_tools(body: dict[str, Any]) -> None:
         )
 
 
-def _validate_response_format(response_format: Any) -> None:
+def _validate_response_format(body: dict[str, Any]) -> None:
+    response_format = body.get("response_format")
     if response_format is None:
         return
     if not isinstance(response_format, dict):
@@ -215,46 +232,80 @@ def _validate_response_format(response_format: Any) -> None:
             )
 
 
-def _int_field(body: dict[str, Any], name: str, *, minimum: int, maximum: int | None = None) -> None:
-    value = body.get(name)
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _type_error(name, "an integer", value)
-    if value < minimum:
-        raise bad_request(
-            f"Invalid value for '{name}': {value}. It must be at least {minimum}.", name, "invalid_value"
-        )
-    if maximum is not None and value > maximum:
-        raise bad_request(
-            f"Invalid value for '{name}': {value}. It must be at most {maximum}.", name, "invalid_value"
-        )
+def _int_field(name: str, *, minimum: int, maximum: int | None = None) -> Check:
+    def check(body: dict[str, Any]) -> None:
+        value = body.get(name)
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(name, "an integer", value)
+        if value < minimum:
+            raise bad_request(
+                f"Invalid value for '{name}': {value}. It must be at least {minimum}.", name, "invalid_value"
+            )
+        if maximum is not None and value > maximum:
+            raise bad_request(
+                f"Invalid value for '{name}': {value}. It must be at most {maximum}.", name, "invalid_value"
+            )
+
+    return check
 
 
-def _number_field(body: dict[str, Any], name: str, low: float, high: float) -> None:
-    value = body.get(name)
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _type_error(name, "a number", value)
-    if not low <= value <= high:
-        raise bad_request(
-            f"Invalid value for '{name}': {value}. It must be between {low:g} and {high:g}.",
-            name,
-            "invalid_value",
-        )
+def _number_field(name: str, low: float, high: float) -> Check:
+    def check(body: dict[str, Any]) -> None:
+        value = body.get(name)
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(name, "a number", value)
+        if not low <= value <= high:
+            raise bad_request(
+                f"Invalid value for '{name}': {value}. It must be between {low:g} and {high:g}.",
+                name,
+                "invalid_value",
+            )
+
+    return check
 
 
-def _bool_field(body: dict[str, Any], name: str) -> None:
-    value = body.get(name)
-    if value is not None and not isinstance(value, bool):
-        raise _type_error(name, "a boolean", value)
+def _bool_field(name: str) -> Check:
+    def check(body: dict[str, Any]) -> None:
+        value = body.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise _type_error(name, "a boolean", value)
+
+    return check
+
+
+def _validate_metadata(body: dict[str, Any]) -> None:
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise _type_error("metadata", "an object", metadata)
 
 
 def _type_error(name: str, expected: str, value: Any) -> GatewayError:
     return bad_request(
         f"Invalid type for '{name}': expected {expected}, got {_type_name(value)}.", name, "invalid_type"
     )
+
+
+# The optional fields checked, in the order their problems are reported.
+_OPTIONAL_CHECKS: dict[str, Check] = {
+    "max_tokens": _int_field("max_tokens", minimum=1),
+    "max_completion_tokens": _int_field("max_completion_tokens", minimum=1),
+    "n": _int_field("n", minimum=1, maximum=128),
+    "temperature": _number_field("temperature", 0.0, 2.0),
+    "top_p": _number_field("top_p", 0.0, 1.0),
+    "presence_penalty": _number_field("presence_penalty", -2.0, 2.0),
+    "frequency_penalty": _number_field("frequency_penalty", -2.0, 2.0),
+    "stream": _bool_field("stream"),
+    "stream_options": _validate_stream_options,
+    "stop": _validate_stop,
+    "tools": _validate_tools,
+    "tool_choice": _validate_tool_choice,
+    "response_format": _validate_response_format,
+    "metadata": _validate_metadata,
+}
 
 
 def _type_name(value: Any) -> str:
