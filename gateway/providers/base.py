@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import repeat
 from typing import Any, Mapping, Protocol
 
 from .errors import UpstreamError
@@ -98,8 +99,14 @@ class SSEDecoder:
         self._data: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[tuple[str | None, bytes]]:
+        text = self._buffer + chunk if self._buffer else chunk
+        if text.startswith(b"data: ") and text.endswith(b"\n\n") and not self._data and self._event is None:
+            events = _data_events(text)
+            if events is not None:
+                self._buffer = b""
+                return events
         # One split per read, not a slice per line: a read can carry many events.
-        lines = (self._buffer + chunk if self._buffer else chunk).split(b"\n")
+        lines = text.split(b"\n")
         self._buffer = lines.pop()  # the unfinished last line, if any
         out: list[tuple[str | None, bytes]] = []
         for line in lines:
@@ -125,3 +132,19 @@ class SSEDecoder:
             self._event, self._data = None, []
             return pending
         return []
+
+
+def _data_events(text: bytes) -> list[tuple[str | None, bytes]] | None:
+    """The events of a read made only of whole one-line `data: ...` events (what OpenAI-style
+    upstreams send), or None if it holds anything else.
+
+    Python-level work per line costs more than the C-level passes over the whole read:
+    one split at the event boundaries, then one check that no payload holds a line break
+    (which would make it several lines: another field, or a multi-line event).
+    """
+    if b"\r" in text:
+        return None
+    payloads = text[6:-2].split(b"\n\ndata: ")
+    if b"\n" in b"".join(payloads):
+        return None
+    return list(zip(repeat(None), payloads))
