@@ -77,7 +77,7 @@ def _validate_messages(messages: Any) -> None:
         if not isinstance(message, dict):
             raise _type_error(f"messages[{i}]", "an object", message)
         role = message.get("role")
-        if role not in ROLES:
+        if type(role) is not str or role not in ROLES:  # (a list or an object is not hashable)
             raise _role_error(f"messages[{i}]", role)
         if not isinstance(message.get("content"), str):  # a string is the common case, and valid
             _validate_content(message, f"messages[{i}]", role)
@@ -120,7 +120,7 @@ def _validate_content(message: dict[str, Any], where: str, role: str) -> None:
         if not isinstance(part, dict):
             raise _type_error(part_where, "an object", part)
         part_type = part.get("type")
-        if part_type not in CONTENT_PART_TYPES:
+        if type(part_type) is not str or part_type not in CONTENT_PART_TYPES:
             raise bad_request(
                 f"Invalid value for '{part_where}.type': {_short(part_type)}. Supported values are: "
                 "'text', 'image_url', 'input_audio', 'file' and 'refusal'.",
@@ -213,7 +213,7 @@ def _validate_response_format(body: dict[str, Any]) -> None:
     if not isinstance(response_format, dict):
         raise _type_error("response_format", "an object", response_format)
     kind = response_format.get("type")
-    if kind not in RESPONSE_FORMAT_TYPES:
+    if type(kind) is not str or kind not in RESPONSE_FORMAT_TYPES:
         raise bad_request(
             f"Invalid value for 'response_format.type': {_short(kind)}. Supported values are: "
             "'text', 'json_object' and 'json_schema'.",

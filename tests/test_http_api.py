@@ -62,6 +62,7 @@ async def test_unknown_fields_pass_through_and_upstream_key_stays_secret(gw: Run
         (body(messages="hi"), "messages", "invalid_type"),
         ({"model": "gpt-4o-mini"}, "messages", "missing_required_parameter"),
         (body(messages=[{"role": "wizard", "content": "x"}]), "messages[0].role", "invalid_value"),
+        (body(messages=[{"role": ["user"], "content": "x"}]), "messages[0].role", "invalid_value"),
         (body(messages=[{"content": "x"}]), "messages[0].role", "missing_required_parameter"),
         (body(messages=[{"role": "user", "content": 5}]), "messages[0].content", "invalid_type"),
         (body(messages=[{"role": "user", "content": [{"type": "sound"}]}]), "messages[0].content[0].type", "invalid_value"),

@@ -131,7 +131,14 @@ def test_of_several_bad_fields_the_first_in_the_checks_order_is_reported(names: 
         assert raised.value.param.split(".")[0] == names[0]  # BAD_OPTIONAL lists them in the checks' order
 
 
-def test_an_unhashable_role_is_still_not_a_400() -> None:
-    # Kept as it was: a role that cannot be looked up raises TypeError (a 500 from the wrapper).
-    with pytest.raises(TypeError):
-        validate_chat_request({"model": "m", "messages": [{"role": ["user"], "content": "x"}]})
+@pytest.mark.parametrize(("body", "param"), [
+    ({"model": "m", "messages": [{"role": ["user"], "content": "x"}]}, "messages[0].role"),
+    ({"model": "m", "messages": [{"role": {"a": 1}, "content": "x"}]}, "messages[0].role"),
+    ({"model": "m", "messages": [{"role": "user", "content": [{"type": ["text"], "text": "x"}]}]},
+     "messages[0].content[0].type"),
+    ({"model": "m", "messages": M, "response_format": {"type": {"json": True}}}, "response_format.type"),
+])
+def test_an_unhashable_value_where_a_name_is_expected_is_a_400_naming_the_field(body: dict, param: str) -> None:
+    with pytest.raises(GatewayError) as raised:
+        validate_chat_request(body)
+    assert raised.value.status == 400 and raised.value.param == param
