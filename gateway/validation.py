@@ -81,6 +81,8 @@ def _validate_messages(messages: Any) -> None:
             raise _role_error(f"messages[{i}]", role)
         if not isinstance(message.get("content"), str):  # a string is the common case, and valid
             _validate_content(message, f"messages[{i}]", role)
+        if role == "assistant" and not isinstance(message.get("tool_calls") or [], list):  # null is fine
+            raise _type_error(f"messages[{i}].tool_calls", "an array", message["tool_calls"])
         if role == "tool" and not isinstance(message.get("tool_call_id"), str):
             where = f"messages[{i}]"
             raise bad_request(
@@ -277,6 +279,15 @@ def _bool_field(name: str) -> Check:
     return check
 
 
+def _str_field(name: str) -> Check:
+    def check(body: dict[str, Any]) -> None:
+        value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            raise _type_error(name, "a string", value)
+
+    return check
+
+
 def _validate_metadata(body: dict[str, Any]) -> None:
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
@@ -305,6 +316,9 @@ _OPTIONAL_CHECKS: dict[str, Check] = {
     "tool_choice": _validate_tool_choice,
     "response_format": _validate_response_format,
     "metadata": _validate_metadata,
+    # read by the classifier (a batch tier makes the request batch); its values are the
+    # provider's to judge, so only the type is checked
+    "service_tier": _str_field("service_tier"),
 }
 
 

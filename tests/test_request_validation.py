@@ -142,3 +142,12 @@ def test_an_unhashable_value_where_a_name_is_expected_is_a_400_naming_the_field(
     with pytest.raises(GatewayError) as raised:
         validate_chat_request(body)
     assert raised.value.status == 400 and raised.value.param == param
+
+
+def test_an_assistant_turn_may_send_tool_calls_as_null_or_an_array_but_nothing_else() -> None:
+    for calls in (None, [], [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]):
+        validate_chat_request({"model": "m", "messages": [{"role": "assistant", "content": "x", "tool_calls": calls}]})
+    for calls in (5, True, "calls", {"id": "c"}):
+        with pytest.raises(GatewayError) as raised:
+            validate_chat_request({"model": "m", "messages": [{"role": "assistant", "content": "x", "tool_calls": calls}]})
+        assert raised.value.status == 400 and raised.value.param == "messages[0].tool_calls"
