@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..errors import GatewayError
 from ..forward import UpstreamStream
 from ..providers.base import Deployment
-from ..quota import MemoryQuotaStore, QuotaUnavailable
+from ..quota import QuotaUnavailable
 from ..spend import (
     actual_cost_micros,
     admission_and_worst,
@@ -27,12 +27,8 @@ async def admit(state: GatewayState, ex: Exchange) -> None:
     team = ex.principal.team or policy.tenant(ex.principal.tenant).team
     scopes = request_scopes(ex.principal.tenant, team, ex.principal.key_id, plan.route)
     request, worst = admission_and_worst(ex.request_id, scopes, plan, c, ex.body, ex.snapshot.catalog, policy.limits)
-    quota = state.quota
     try:
-        if type(quota) is MemoryQuotaStore:  # it decides without awaiting: asked straight, no coroutine made
-            admission = quota.admit_now(request)
-        else:
-            admission = await quota.admit(request)
+        admission = await state.quota.admit(request)
     except QuotaUnavailable:
         raise GatewayError(
             503,
