@@ -63,6 +63,8 @@ __all__ = [
     "plan",
 ]
 
+_new = object.__new__
+
 # Cost scores fall on a log scale over this span below the dearest possible request
 # (about the spread of paid list prices in a real catalog).
 _COST_SPAN = 100.0
@@ -92,14 +94,13 @@ def plan(c: Classification, *, tenant: str, requested_model: str | None, policy:
 
     ranking = filtered.ranking
     scores, flags = _scores(ranking, inp, outp, budget, shape, tables)
-    # The candidates this order makes, but for their scores (remembered per order).
-    order = (ranking, _ranked(scores, ranking))
+    # The options best first: the higher score, then the cheaper model, then option order (a
+    # stable sort of `by_price`, which reverse=True keeps stable). The candidates this order
+    # makes, but for their scores, are remembered per order.
+    order = (ranking, tuple(sorted(ranking.by_price, key=scores.__getitem__, reverse=True)))
     specs = tables.specs.get(order) or _specs(order, shape, filtered.common, tables)
     fields = shape.plan_fields.copy()
-    fields["candidates"] = tuple([
-        new_candidate(model, provider, tier, _round4(scores[i]), reasons[flags[i]], role, key)
-        for i, model, provider, tier, reasons, role, key in specs
-    ])
+    fields["candidates"] = _candidates(specs, scores, flags)
     fields["rejected"] = filtered.rejected
     fields["latency_budget_ms"] = budget
     if filtered.content_specs:
@@ -165,12 +166,6 @@ def _scores(ranking: Ranking, inp: int, outp: int, budget: int | None, shape: Re
     return scores, flags
 
 
-def _ranked(scores: list[float], ranking: Ranking) -> tuple[int, ...]:
-    """Option indexes best first: the higher score, then the cheaper model, then option
-    order (a stable sort of `by_price`, which reverse=True keeps stable)."""
-    return tuple(sorted(ranking.by_price, key=scores.__getitem__, reverse=True))
-
-
 def _specs(order: tuple[Ranking, tuple[int, ...]], shape: RequestShape, common: tuple[str, ...],
            tables: RoutingTables) -> tuple[CandidateSpec, ...]:
     """The candidates that a ranking's options in this order (indexes, best first) make, but
@@ -215,6 +210,25 @@ def _order(ranked: tuple[int, ...], options: Sequence[ModelOption], shape: Reque
     tier = [i for i in others if options[i].rank == target]
     other = [i for i in others if options[i].rank != target]
     return [first, *same, *tier, *other][:count]
+
+
+def _candidates(specs: tuple[CandidateSpec, ...], scores: list[float], flags: Sequence[int]) -> tuple[Candidate, ...]:
+    """The candidates of `specs`, each with its score rounded and the reasons its score flags
+    pick. What new_candidate does, inline: a plan makes up to max_candidates of them, and a
+    call per candidate costs about as much as filling its fields."""
+    made = []
+    for i, model, provider, tier, reasons, role, key in specs:
+        candidate = _new(Candidate)
+        fields = candidate.__dict__  # every field, in field order, then the cached key
+        fields["model"] = model
+        fields["provider"] = provider
+        fields["tier"] = tier
+        fields["score"] = _round4(scores[i])
+        fields["reasons"] = reasons[flags[i]]
+        fields["role"] = role
+        fields["key"] = key
+        made.append(candidate)
+    return tuple(made)
 
 
 def _content_fallback(specs: tuple[CandidateSpec, ...], scores: list[float], flags: Sequence[int]) -> Candidate:
