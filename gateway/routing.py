@@ -63,8 +63,6 @@ __all__ = [
     "plan",
 ]
 
-_new = object.__new__
-
 # Cost scores fall on a log scale over this span below the dearest possible request
 # (about the spread of paid list prices in a real catalog).
 _COST_SPAN = 100.0
@@ -213,22 +211,9 @@ def _order(ranked: tuple[int, ...], options: Sequence[ModelOption], shape: Reque
 
 
 def _candidates(specs: tuple[CandidateSpec, ...], scores: list[float], flags: Sequence[int]) -> tuple[Candidate, ...]:
-    """The candidates of `specs`, each with its score rounded and the reasons its score flags
-    pick. What new_candidate does, inline: a plan makes up to max_candidates of them, and a
-    call per candidate costs about as much as filling its fields."""
-    made = []
-    for i, model, provider, tier, reasons, role, key in specs:
-        candidate = _new(Candidate)
-        fields = candidate.__dict__  # every field, in field order, then the cached key
-        fields["model"] = model
-        fields["provider"] = provider
-        fields["tier"] = tier
-        fields["score"] = _round4(scores[i])
-        fields["reasons"] = reasons[flags[i]]
-        fields["role"] = role
-        fields["key"] = key
-        made.append(candidate)
-    return tuple(made)
+    """The candidates of `specs`, each with its score rounded and the reasons its score flags pick."""
+    return tuple([new_candidate(model, provider, tier, _round4(scores[i]), reasons[flags[i]], role, key)
+                  for i, model, provider, tier, reasons, role, key in specs])
 
 
 def _content_fallback(specs: tuple[CandidateSpec, ...], scores: list[float], flags: Sequence[int]) -> Candidate:
