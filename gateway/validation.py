@@ -77,7 +77,7 @@ def _validate_messages(messages: Any) -> None:
         if not isinstance(message, dict):
             raise _type_error(f"messages[{i}]", "an object", message)
         role = message.get("role")
-        if type(role) is not str or role not in ROLES:  # (a list or an object is not hashable)
+        if not _one_of(role, ROLES):
             raise _role_error(f"messages[{i}]", role)
         if not isinstance(message.get("content"), str):  # a string is the common case, and valid
             _validate_content(message, f"messages[{i}]", role)
@@ -122,7 +122,7 @@ def _validate_content(message: dict[str, Any], where: str, role: str) -> None:
         if not isinstance(part, dict):
             raise _type_error(part_where, "an object", part)
         part_type = part.get("type")
-        if type(part_type) is not str or part_type not in CONTENT_PART_TYPES:
+        if not _one_of(part_type, CONTENT_PART_TYPES):
             raise bad_request(
                 f"Invalid value for '{part_where}.type': {_short(part_type)}. Supported values are: "
                 "'text', 'image_url', 'input_audio', 'file' and 'refusal'.",
@@ -215,7 +215,7 @@ def _validate_response_format(body: dict[str, Any]) -> None:
     if not isinstance(response_format, dict):
         raise _type_error("response_format", "an object", response_format)
     kind = response_format.get("type")
-    if type(kind) is not str or kind not in RESPONSE_FORMAT_TYPES:
+    if not _one_of(kind, RESPONSE_FORMAT_TYPES):
         raise bad_request(
             f"Invalid value for 'response_format.type': {_short(kind)}. Supported values are: "
             "'text', 'json_object' and 'json_schema'.",
@@ -270,28 +270,19 @@ def _number_field(name: str, low: float, high: float) -> Check:
     return check
 
 
-def _bool_field(name: str) -> Check:
+def _typed_field(name: str, kind: type, expected: str) -> Check:
+    """A field that, when present and not null, must be of `kind` (`expected` names it)."""
     def check(body: dict[str, Any]) -> None:
         value = body.get(name)
-        if value is not None and not isinstance(value, bool):
-            raise _type_error(name, "a boolean", value)
+        if value is not None and not isinstance(value, kind):
+            raise _type_error(name, expected, value)
 
     return check
 
 
-def _str_field(name: str) -> Check:
-    def check(body: dict[str, Any]) -> None:
-        value = body.get(name)
-        if value is not None and not isinstance(value, str):
-            raise _type_error(name, "a string", value)
-
-    return check
-
-
-def _validate_metadata(body: dict[str, Any]) -> None:
-    metadata = body.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise _type_error("metadata", "an object", metadata)
+def _one_of(value: Any, names: frozenset[str]) -> bool:
+    # the type first: a list or an object as the value is not hashable, so not a set member
+    return type(value) is str and value in names
 
 
 def _type_error(name: str, expected: str, value: Any) -> GatewayError:
@@ -309,16 +300,16 @@ _OPTIONAL_CHECKS: dict[str, Check] = {
     "top_p": _number_field("top_p", 0.0, 1.0),
     "presence_penalty": _number_field("presence_penalty", -2.0, 2.0),
     "frequency_penalty": _number_field("frequency_penalty", -2.0, 2.0),
-    "stream": _bool_field("stream"),
+    "stream": _typed_field("stream", bool, "a boolean"),
     "stream_options": _validate_stream_options,
     "stop": _validate_stop,
     "tools": _validate_tools,
     "tool_choice": _validate_tool_choice,
     "response_format": _validate_response_format,
-    "metadata": _validate_metadata,
+    "metadata": _typed_field("metadata", dict, "an object"),
     # read by the classifier (a batch tier makes the request batch); its values are the
     # provider's to judge, so only the type is checked
-    "service_tier": _str_field("service_tier"),
+    "service_tier": _typed_field("service_tier", str, "a string"),
 }
 
 
