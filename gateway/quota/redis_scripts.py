@@ -124,15 +124,12 @@ class ScriptConnections:
         """Send `commands` in one write; their replies in order, error replies as exceptions."""
         connection = self._idle.pop() if self._idle else self._pool.make_connection()
         try:
-            replies = await self._exchange(connection, commands)
-        except RedisConnectionError:
-            await connection.disconnect(nowait=True)
-            connection = self._pool.make_connection()
             try:
                 replies = await self._exchange(connection, commands)
-            except BaseException:
+            except RedisConnectionError:  # stale after a restart: once more, on a new connection
                 await connection.disconnect(nowait=True)
-                raise
+                connection = self._pool.make_connection()
+                replies = await self._exchange(connection, commands)
         except BaseException:
             await connection.disconnect(nowait=True)
             raise
