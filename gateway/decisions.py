@@ -152,6 +152,7 @@ class RedisStreamDecisionLog:
         self._interval = flush_interval_s
         self._pending: list[bytes] = []
         self._wake = asyncio.Event()
+        self._closing = False
         self._append_all = redis.register_script(_XADD_ALL)
         self._task = asyncio.get_running_loop().create_task(self._run())
         self.dropped = 0
@@ -171,7 +172,7 @@ class RedisStreamDecisionLog:
             self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 async with asyncio.timeout(self._interval):
                     await self._wake.wait()
@@ -191,8 +192,12 @@ class RedisStreamDecisionLog:
                 return
 
     async def close(self) -> None:
-        await self._flush()
-        self._task.cancel()
+        # The running flush finishes and drains what is pending, in order: flushing beside it
+        # here would send later records while an earlier batch is still on its way.
+        self._closing = True
+        self._wake.set()
+        await asyncio.wait([self._task])
+        await self._flush()  # what a failed flush left, or what came after the task stopped
 
 
 class NullDecisionLog:
