@@ -26,8 +26,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from .histogram import open_histogram
 from .loop import running_loop
 
 _attempt_span: contextvars.ContextVar[Span | None] = contextvars.ContextVar("gateway_attempt_span", default=None)
@@ -50,8 +51,8 @@ class Metrics:
     series in a plain dict, applied to prometheus-client by `flush()` as one `inc` per
     series. prometheus-client takes a lock per value change (and in multiprocess mode
     writes a file mapping), which per request and per series costs more than everything
-    else metrics do. Histograms are observed directly: prometheus-client has no public way
-    to add many observations at once, so deferring them would only move their cost.
+    else metrics do. Histograms are observed at once, into the gateway's own collector in
+    one process and into prometheus-client's with workers (see histogram.py).
     `child((metric, *labels))` caches labelled children: `labels()` costs microseconds per
     call, and the same few label sets recur.
 
@@ -71,22 +72,24 @@ class Metrics:
         self.requests = Counter(
             "gateway_requests", "Completed chat requests", ["route", "model", "provider", "outcome", "degraded"], registry=r
         )
-        self.latency = Histogram(
+        self.latency = open_histogram(
             "gateway_request_duration_seconds",
             "Time from request to the end of the response",
             ["route", "stream"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-            registry=r,
+            (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            r,
+            multiprocess,
         )
         self.attempts = Counter(
             "gateway_upstream_attempts", "Upstream attempts by outcome", ["provider", "model", "outcome"], registry=r
         )
-        self.attempt_latency = Histogram(
+        self.attempt_latency = open_histogram(
             "gateway_upstream_attempt_duration_seconds",
             "Upstream attempt time (to the first chunk for streams)",
             ["provider", "model"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=r,
+            (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            r,
+            multiprocess,
         )
         self.tokens = Counter("gateway_tokens", "Tokens by direction", ["tenant", "model", "direction"], registry=r)
         self.spend = Counter("gateway_spend_usd", "Spend settled, in USD", ["tenant", "model"], registry=r)
@@ -167,7 +170,7 @@ class Telemetry:
       to that worker's next loop turn (well under a millisecond when not overloaded), is
       the most a scrape can miss. Batching there still joins the requests that end in
       the same loop turn.
-    Histograms (request and attempt latency) are observed at once, as before.
+    Histograms (request and attempt latency) are observed at once: a scrape sees them all.
     """
 
     def __init__(self, service_name: str, exporter: str, metrics: Metrics | None = None,
@@ -212,7 +215,7 @@ class Telemetry:
                          retry: int, continuation: bool) -> None:
         m = self.metrics
         m.count((m.attempts, provider, model, outcome))
-        m.child((m.attempt_latency, provider, model)).observe(seconds)
+        m.attempt_latency.observe((provider, model), seconds)
         if not self.enabled:
             return
         span = _attempt_span.get()

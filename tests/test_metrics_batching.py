@@ -106,6 +106,9 @@ async def test_a_scrape_right_after_requests_counts_every_one(gw: Running, auth:
     tokens_in = sum(v for k, v in samples.items() if k.startswith("gateway_tokens_total{") and 'direction="input"' in k)
     tokens_out = sum(v for k, v in samples.items() if k.startswith("gateway_tokens_total{") and 'direction="output"' in k)
     assert (requests, attempts, tokens_in, tokens_out) == (3, 3, prompt, completion)
+    durations = sum(v for k, v in samples.items() if k.startswith("gateway_request_duration_seconds_count{"))
+    attempt_durations = sum(v for k, v in samples.items() if k.startswith("gateway_upstream_attempt_duration_seconds_count{"))
+    assert (durations, attempt_durations) == (3, 3)
     assert sum(v for k, v in samples.items() if k.startswith("gateway_spend_usd_total{")) > 0
 
 

@@ -67,6 +67,10 @@ async def test_workers_share_a_port_and_sigterm_drains_in_flight_stream(sim: Run
             assert 'gateway_requests_total{degraded="none",model="gpt-4o-mini",outcome="ok",provider="openai",route=' in metrics
             total = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("gateway_requests_total{"))
             assert total == 40
+            # ... and their histograms (each worker's own prometheus-client files)
+            durations = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                            if line.startswith("gateway_request_duration_seconds_count{"))
+            assert durations == 40
             # A slow stream in flight when SIGTERM arrives still completes with [DONE].
             payload = chat("[[fault:stall_after=2,stall_ms=1500]] tell me a story", stream=True)
             async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=payload, headers=AUTH) as r:

@@ -21,7 +21,7 @@ def observe(telemetry: Telemetry, span: Span, ex: Exchange) -> None:
     provider = answered.provider if answered else "none"
     m = telemetry.metrics
     m.count((m.requests, plan.route, model, provider, ex.outcome, ex.degraded or "none"))
-    m.child((m.latency, plan.route, "true" if ex.body.get("stream") else "false")).observe(time.perf_counter() - ex.started)
+    m.latency.observe((plan.route, "true" if ex.body.get("stream") else "false"), time.perf_counter() - ex.started)
     if ex.quota_degraded:
         m.quota_degraded.inc()
     if ex.reservation_id is None and ex.outcome in QUOTA_DENIALS:
