@@ -184,6 +184,42 @@ def _validate_tools(body: dict[str, Any]) -> None:
                 )
 
 
+def _validate_functions(body: dict[str, Any]) -> None:
+    """The legacy `functions`: an array of function declarations, each with a name."""
+    functions = body.get("functions")
+    if functions is None:
+        return
+    if not isinstance(functions, list):
+        raise _type_error("functions", "an array", functions)
+    for i, function in enumerate(functions):
+        if not isinstance(function, dict):
+            raise _type_error(f"functions[{i}]", "an object", function)
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            raise bad_request(
+                f"Missing required parameter: 'functions[{i}].name'.", f"functions[{i}].name", "missing_required_parameter"
+            )
+
+
+def _validate_function_call(body: dict[str, Any]) -> None:
+    """The legacy `function_call`: 'none', 'auto' or {"name": ...}."""
+    call = body.get("function_call")
+    if call is None:
+        return
+    if isinstance(call, str):
+        if call not in ("none", "auto"):
+            raise bad_request(
+                f"Invalid value for 'function_call': {_short(call)}. Supported values are: 'none', 'auto' or an "
+                "object naming a function.",
+                "function_call",
+                "invalid_value",
+            )
+        return
+    if not isinstance(call, dict):
+        raise _type_error("function_call", "a string or an object", call)
+    if not isinstance(call.get("name"), str) or not call["name"]:
+        raise bad_request("Missing required parameter: 'function_call.name'.", "function_call.name", "missing_required_parameter")
+
+
 def _validate_tool_choice(body: dict[str, Any]) -> None:
     choice = body.get("tool_choice")
     if choice is None:
@@ -305,6 +341,8 @@ _OPTIONAL_CHECKS: dict[str, Check] = {
     "stop": _validate_stop,
     "tools": _validate_tools,
     "tool_choice": _validate_tool_choice,
+    "functions": _validate_functions,
+    "function_call": _validate_function_call,
     "response_format": _validate_response_format,
     "metadata": _typed_field("metadata", dict, "an object"),
     # read by the classifier (a batch tier makes the request batch); its values are the

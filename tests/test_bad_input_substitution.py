@@ -37,8 +37,11 @@ FULL_BODY = {
     "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
     "tool_choice": "auto", "response_format": {"type": "json_object"}, "max_tokens": 10, "stream": False,
     "stream_options": {"include_usage": True}, "metadata": {"k": "v"}, "service_tier": "flex",
-    "functions": [{"name": "g"}], "n": 1, "stop": ["x"], "user": "u",
+    "functions": [{"name": "g"}], "function_call": {"name": "g"}, "n": 1, "stop": ["x"], "user": "u",
 }
+# The legacy `functions` and `function_call` are read only when `tools` and `tool_choice`
+# are absent: their places are tried in a body without those too.
+LEGACY_BODY = {k: v for k, v in FULL_BODY.items() if k not in ("tools", "tool_choice")}
 PLACES: list[tuple[Any, ...]] = [
     ("model",), ("messages",), ("tools",), ("tool_choice",), ("response_format",), ("max_tokens",), ("stream",),
     ("stream_options",), ("metadata",), ("service_tier",), ("functions",), ("n",), ("stop",), ("user",),
@@ -52,7 +55,9 @@ PLACES: list[tuple[Any, ...]] = [
     ("messages", 4, "content", 0), ("messages", 4, "content", 0, "text"), ("messages", 4, "content", 1, "image_url"),
     ("messages", 4, "content", 0, "type"), ("metadata", "k"), ("metadata", "gateway_task"),
     ("metadata", "gateway_risk"), ("metadata", "gateway_objective"), ("metadata", "gateway_latency_budget_ms"),
+    ("function_call",), ("functions", 0), ("functions", 0, "name"), ("function_call", "name"),
 ]
+LEGACY_PLACES = [place for place in PLACES if place[0] in ("functions", "function_call")]
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +66,8 @@ def snapshot() -> RoutingSnapshot:
     return Runtime(load_config(None, env), env).current
 
 
-def with_value(place: tuple[Any, ...], value: Any, stream: bool) -> dict[str, Any]:
-    body = copy.deepcopy(FULL_BODY)
+def with_value(place: tuple[Any, ...], value: Any, stream: bool, base: dict[str, Any] = FULL_BODY) -> dict[str, Any]:
+    body = copy.deepcopy(base)
     body["stream"] = stream
     target: Any = body
     for step in place[:-1]:
@@ -71,8 +76,12 @@ def with_value(place: tuple[Any, ...], value: Any, stream: bool) -> dict[str, An
     return body
 
 
-@pytest.mark.parametrize("place", PLACES, ids=lambda place: ".".join(map(str, place)))
-def test_any_value_anywhere_is_refused_or_handled(place: tuple[Any, ...], snapshot: RoutingSnapshot) -> None:
+@pytest.mark.parametrize(("place", "base"), [(place, FULL_BODY) for place in PLACES]
+                         + [(place, LEGACY_BODY) for place in LEGACY_PLACES],
+                         ids=lambda item: ".".join(map(str, item)) if isinstance(item, tuple) else
+                         ("legacy" if "tools" not in item else "full"))
+def test_any_value_anywhere_is_refused_or_handled(place: tuple[Any, ...], base: dict[str, Any],
+                                                  snapshot: RoutingSnapshot) -> None:
     deployments = {}
     for deployment in snapshot.deployments.values():
         deployments.setdefault(deployment.api, deployment)
@@ -80,7 +89,7 @@ def test_any_value_anywhere_is_refused_or_handled(place: tuple[Any, ...], snapsh
     unexpected = []
     for value in VALUES:
         for stream in (False, True):
-            body = with_value(place, value, stream)
+            body = with_value(place, value, stream, base)
             try:
                 validate_chat_request(body)
                 decide(body, {}, "default", snapshot)
