@@ -6,8 +6,9 @@ import aiohttp
 import orjson
 import pytest
 
+from gateway.catalog import default_catalog_path
 from gateway.middleware import MAX_BODY_BYTES
-from tests.servers import UPSTREAM_KEY, Running, read_sse
+from tests.servers import UPSTREAM_KEY, Running, read_sse, start_gateway
 
 CHAT = "/v1/chat/completions"
 
@@ -233,3 +234,29 @@ async def test_everything_failing_on_an_error_mode_route_is_503_with_guidance(gw
     assert headers["x-gateway-degraded"] == "static"
     assert int(headers["retry-after"]) >= 1
     assert "temporarily unavailable" in assert_error_shape(response)["message"]
+
+
+async def test_the_answer_names_the_catalog_model_not_the_upstreams_name_for_it(sim: Running, auth: dict, tmp_path) -> None:
+    """A self-hosted server that knows the model by another name (a served path): the JSON
+    answer and every stream chunk name the catalog model, as x-gateway-model does."""
+    served = "meta-llama/Llama-3.1-8B-Instruct"
+    text = default_catalog_path().read_text()
+    assert "  - id: local-llm\n    provider: local\n" in text
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text(text.replace("  - id: local-llm\n    provider: local\n",
+                                    f"  - id: local-llm\n    provider: local\n    upstream_model: {served}\n"))
+    gateway = await start_gateway(sim.url, f"catalog: {catalog}\n")
+    try:
+        async with aiohttp.ClientSession() as session:
+            request = {"model": "local-llm", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
+            async with session.post(gateway.url + CHAT, json=request, headers=auth) as r:
+                assert r.status == 200, await r.text()
+                assert r.headers["x-gateway-model"] == "local-llm"
+                assert (await r.json())["model"] == "local-llm"
+            async with session.post(gateway.url + CHAT, json={**request, "stream": True}, headers=auth) as r:
+                assert r.status == 200
+                events = await read_sse(r)
+        chunks = [orjson.loads(e) for e in events[:-1]]
+        assert chunks and {c["model"] for c in chunks} == {"local-llm"}
+    finally:
+        await gateway.stop()

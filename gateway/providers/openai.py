@@ -54,7 +54,7 @@ class OpenAIAdapter:
         return response
 
     def stream_translator(self, deployment: Deployment, body: Mapping[str, Any]) -> "OpenAIStreamTranslator":
-        return OpenAIStreamTranslator()
+        return OpenAIStreamTranslator(deployment.model)
 
     def map_error(self, status: int, headers: Mapping[str, str], data: bytes) -> UpstreamError:
         message, code, error_type = _error_fields(data)
@@ -80,12 +80,16 @@ class OpenAIAdapter:
 
 
 class OpenAIStreamTranslator:
-    """Chunks are already OpenAI chunks: parse them (for usage, finish and failover) and pass them on."""
+    """Chunks are already OpenAI chunks: parse them (for usage, finish and failover) and pass
+    them on, naming the catalog model as a JSON answer does (not the upstream's name for it,
+    e.g. a dated snapshot or a served path, which would also change mid-stream after a
+    failover to another deployment)."""
 
-    __slots__ = ("done",)
+    __slots__ = ("done", "_model")
 
-    def __init__(self) -> None:
+    def __init__(self, model: str) -> None:
         self.done = False
+        self._model = model
 
     def feed(self, data: bytes, event: str | None = None) -> list[dict[str, Any]]:
         if data == b"[DONE]":
@@ -101,6 +105,8 @@ class OpenAIStreamTranslator:
             message, code, _ = _error_fields(data)
             kind = ErrorKind.CONTEXT_LENGTH if code in _CONTEXT_CODES else ErrorKind.SERVER_ERROR
             raise UpstreamError(kind, message or "The upstream reported an error mid-stream.", provider_code=code)
+        if chunk.get("model") != self._model:
+            chunk["model"] = self._model
         return [chunk]
 
 
