@@ -1,4 +1,4 @@
-"""`gateway serve | check | simulate`: the command line."""
+"""`gateway serve | check | route | replay | simulate`: the command line."""
 
 from __future__ import annotations
 
@@ -27,10 +27,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--log-level", default=os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
     check = commands.add_parser("check", help="validate the config, catalog and policy, then exit")
     _config_argument(check)
+    route = commands.add_parser(
+        "route", help="classify and plan one chat body, nothing forwarded: POST /v1/route from the command line"
+    )
+    _config_argument(route)
+    route.add_argument("body", nargs="?", default="-", help="a chat-completions JSON body: a file, or - for stdin (default)")
+    route.add_argument("--tenant", default="default", help="the tenant whose settings apply (default: default)")
+    route.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                       help="a request header, e.g. 'x-gateway-objective: quality' (repeatable)")
+    replay = commands.add_parser(
+        "replay", help="plan a decision log's requests again with the configured or a proposed catalog and policy"
+    )
+    _config_argument(replay)
+    replay.add_argument("logs", nargs="*", metavar="LOG",
+                        help="decision-log JSONL files, - for stdin (default: decision_log.path and its backups)")
+    replay.add_argument("--catalog", help="the proposed catalog (default: the config's)")
+    replay.add_argument("--policy", help="the proposed policy (default: the config's)")
+    replay.add_argument("--redis", metavar="URL", help="read the decision stream in this Redis instead of files")
+    replay.add_argument("--stream", default="gateway:decisions", help="the stream's key (default gateway:decisions)")
+    replay.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    replay.add_argument("--changes", type=int, default=20, help="changed decisions listed in the JSON report (default 20)")
     commands.add_parser("simulate", help="run a fake OpenAI/Anthropic/Gemini upstream (see `gateway simulate --help`)")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command in ("route", "replay"):
+        from .offline import replay_command, route_command
+
+        return (route_command if args.command == "route" else replay_command)(args, _load(args.config), _fail)
     return _check(args)
 
 

@@ -60,6 +60,21 @@ def plan_json(p: RoutePlan, c: Classification, catalog: Catalog) -> dict[str, An
     }
 
 
+def route_json(c: Classification, p: RoutePlan, tenant: str, catalog: Catalog, policy_version: str,
+               all_unavailable: bool = False) -> dict[str, Any]:
+    """The dry run's answer (POST /v1/route, `gateway route`)."""
+    return {
+        "object": "gateway.route",
+        "tenant": tenant,
+        "classification": classification_json(c),
+        "plan": plan_json(p, c, catalog),
+        "policy_version": policy_version,
+        # true when every allowed deployment's breaker is open: the plan shown is what
+        # would run once they recover; a completion now gets the route's static step
+        "all_unavailable": all_unavailable,
+    }
+
+
 def decision_record(ex: Any, include_prompt: bool) -> dict[str, Any]:
     """One decision-log line for a finished exchange (an api.exchange.Exchange: typed loosely
     because the HTTP layer sits above this module).
@@ -88,6 +103,7 @@ def decision_record(ex: Any, include_prompt: bool) -> dict[str, Any]:
         "time": time.time(),
         "tenant": principal.tenant,
         "key_id": principal.key_id,
+        "requested_model": ex.body.get("model"),  # with the classification: all that routing read (gateway replay)
         "classification": classification_json(c, with_reasons=False),
         "route": p.route,
         "objective": p.objective,

@@ -97,6 +97,7 @@ def documented_record(ex: Exchange, include_prompt: bool) -> dict[str, Any]:
         "time": 1_700_000_000.25,
         "tenant": ex.principal.tenant,
         "key_id": ex.principal.key_id,
+        "requested_model": ex.body.get("model"),
         "classification": explain.classification_json(c, with_reasons=False),
         "route": p.route,
         "objective": p.objective,
