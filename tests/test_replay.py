@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from gateway.config import load_config
+from gateway.offline import _stream_lines
 from gateway.policy import default_policy_path
 from gateway.replay import replay
 from gateway.runtime import build_snapshot
@@ -170,3 +171,20 @@ async def test_the_route_command_answers_as_the_dry_run_endpoint(gw: Running, au
     assert orjson.loads(done.stdout) == expected
     refused = await asyncio.to_thread(run_cli, "route", stdin=b'{"model": "auto", "messages": []}')
     assert refused.returncode == 1 and b"empty_array (messages)" in refused.stderr
+
+
+async def test_replay_reads_the_decision_stream_of_a_gateway_on_redis(
+        sim: Running, auth: dict[str, str], redis_server) -> None:  # type: ignore[no-untyped-def]
+    url = redis_server.url
+    gw = await start_gateway(sim.url, **{"REDIS_URL": url})
+    try:
+        sent = await send_all(gw, auth)
+    finally:
+        await gw.stop()  # the decision log's last batch goes out on close
+    done = await asyncio.to_thread(run_cli, "replay", "--redis", url, "--json")
+    assert done.returncode == 0, done.stderr
+    report = orjson.loads(done.stdout)
+    assert report["replayed"] == len(sent) and report["primary_changed"] == 0
+    # read in pages of 3 records: every record once, in order, across page boundaries
+    paged = list(_stream_lines(url, "gateway:decisions", page=3))
+    assert [orjson.loads(line)["request_id"] for line in paged] == list(sent)
