@@ -8,7 +8,10 @@ COPY catalog ./catalog
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 gateway
+# The default decision log (var/decisions.jsonl) is relative to the working directory: the
+# gateway's user must be able to write there (as root in /, it could not start).
+RUN useradd --system --uid 10001 gateway && mkdir -p /app/var && chown 10001 /app/var
+WORKDIR /app
 COPY --from=build /install /usr/local
 USER 10001
 ENV GATEWAY_LOG_LEVEL=INFO PYTHONUNBUFFERED=1

@@ -88,12 +88,32 @@ def _serve(args: argparse.Namespace) -> int:
     except Exception as error:  # noqa: BLE001 - reported as one screen below
         _fail("the catalog or policy is invalid", str(error).splitlines())
         return 2
+    problem = _decision_log_problem(config)
+    if problem:
+        _fail("the decision log cannot be written", [problem, "set decision_log.path to a writable file, or decision_log.enabled: false"])
+        return 2
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
     if workers < 1:
         _fail("invalid --workers", [f"--workers must be at least 1, got {workers}"])
         return 2
     return run(lambda: create_app(config), host, port, workers, config.server.shutdown_timeout_s)
+
+
+def _decision_log_problem(config: GatewayConfig) -> str | None:
+    """Why the JSONL decision log cannot be opened for appending (None when it can, or when
+    it is off or goes to Redis): found before binding, not as a traceback in every worker."""
+    settings = config.decision_log
+    if not settings.enabled or config.redis_url:
+        return None
+    path = os.path.abspath(settings.path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "ab"):
+            pass
+    except OSError as error:
+        return f"decision_log.path {settings.path} ({path}): {error.strerror or type(error).__name__}"
+    return None
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -124,3 +124,16 @@ async def test_deadline_from_latency_budget_hint(gw: Running, auth: dict) -> Non
             error = orjson.loads(await r.read())["error"]
     assert error["code"] == "timeout"
     assert time.monotonic() - started < 2.0
+
+
+def test_an_unwritable_decision_log_refuses_to_start_and_says_why(tmp_path) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"decision_log: {{path: {not_a_folder / 'decisions.jsonl'}}}\n")
+    proc = Process(["serve", "--config", str(config), "--port", str(free_port())], {})
+    proc.proc.wait(timeout=20)
+    err = proc.proc.stderr.read()
+    assert proc.proc.returncode == 2, err
+    assert "the decision log cannot be written" in err and f"decision_log.path {not_a_folder / 'decisions.jsonl'}" in err
+    assert "Traceback" not in err
