@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from random import getrandbits
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from .errors import GatewayError
 
@@ -57,6 +58,14 @@ def with_request_context(handler: Handler) -> Handler:
             if exc.status < 400:
                 raise
             return _from_http_exception(request, exc).response({REQUEST_ID_HEADER: request_id})
+        except RequestPayloadError:
+            # A body that arrived but cannot be decoded (e.g. Content-Encoding: gzip over bytes
+            # that are not gzip): the client's fault, not a bug of ours.
+            encoding = request.headers.get("Content-Encoding")
+            how = f" as Content-Encoding: {encoding[:40]}" if encoding else ""
+            return GatewayError(
+                400, f"The request body could not be decoded{how}.", code="invalid_body"
+            ).response({REQUEST_ID_HEADER: request_id})
         except Exception:
             log.exception("unhandled error", extra={"request_id": request_id})
             return GatewayError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import aiohttp
 import orjson
 import pytest
@@ -17,10 +19,11 @@ def body(**overrides: object) -> dict:
     return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}], **overrides}
 
 
-async def post(gw: Running, payload: object, headers: dict[str, str], *, raw: bytes | None = None) -> tuple[int, dict, dict]:
+async def post(gw: Running, payload: object, headers: dict[str, str], *, raw: bytes | None = None,
+               path: str = CHAT) -> tuple[int, dict, dict]:
     data = raw if raw is not None else orjson.dumps(payload)
     async with aiohttp.ClientSession() as session:
-        async with session.post(gw.url + CHAT, data=data, headers={**headers, "Content-Type": "application/json"}) as r:
+        async with session.post(gw.url + path, data=data, headers={**headers, "Content-Type": "application/json"}) as r:
             text = await r.read()
             return r.status, orjson.loads(text), r.headers.copy()
 
@@ -123,6 +126,17 @@ async def test_body_over_limit_is_413(sim: Running, auth: dict) -> None:
         assert assert_error_shape(response)["code"] == "request_too_large"
     finally:
         await gw.stop()
+
+
+async def test_a_compressed_body_is_read_and_an_undecodable_one_is_a_400(gw: Running, auth: dict) -> None:
+    compressed = gzip.compress(orjson.dumps(body()))
+    for path in (CHAT, "/v1/route"):
+        status, response, _ = await post(gw, None, {**auth, "Content-Encoding": "gzip"}, raw=compressed, path=path)
+        assert status == 200, response
+        status, response, headers = await post(gw, None, {**auth, "Content-Encoding": "gzip"}, raw=b"not gzip", path=path)
+        assert status == 400 and headers["x-request-id"]
+        error = assert_error_shape(response)
+        assert error["code"] == "invalid_body" and "Content-Encoding: gzip" in error["message"]
 
 
 @pytest.mark.parametrize(
