@@ -66,7 +66,7 @@ def create_app(config: GatewayConfig, env: Mapping[str, str] | None = None) -> w
         web.post("/v1/chat/completions", chat.chat_completions),
         web.post("/v1/route", route.dry_run),
         web.get("/v1/models", models.list_models),
-        web.get("/v1/models/{model}", models.get_model),
+        web.get("/v1/models/{model:.+}", models.get_model),  # provider-qualified names hold a "/"
         *admin.routes(),
         web.get("/metrics", metrics_endpoint),
         web.get("/health/live", health.live),

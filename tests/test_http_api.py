@@ -180,8 +180,12 @@ async def test_models_list_and_get(gw: Running, auth: dict) -> None:
         assert {"auto", "auto:cost", "auto:balanced", "auto:quality", "gpt-4o-mini"} <= set(ids)
         async with session.get(gw.url + "/v1/models/gpt-4o-mini") as r:
             assert (await r.json())["id"] == "gpt-4o-mini"
-        async with session.get(gw.url + "/v1/models/nope") as r:
-            assert r.status == 404
+        # a provider-qualified name, as chat completions accept it
+        async with session.get(gw.url + "/v1/models/openai/gpt-4o-mini") as r:
+            assert r.status == 200 and (await r.json())["id"] == "openai/gpt-4o-mini"
+        for unknown in ("nope", "openai/nope", "nope/gpt-4o-mini"):
+            async with session.get(gw.url + f"/v1/models/{unknown}") as r:
+                assert r.status == 404 and assert_error_shape(await r.json())["code"] == "model_not_found"
     async with aiohttp.ClientSession() as session:
         async with session.get(gw.url + "/v1/models") as r:
             assert r.status == 401

@@ -120,6 +120,16 @@ async def test_n_choices(gw: Running) -> None:
     assert [c.index for c in completion.choices] == [0, 1, 2]
 
 
+async def test_models_list_and_retrieve(gw: Running) -> None:
+    client = async_client(gw)
+    ids = [m.id async for m in client.models.list()]
+    assert ids[:4] == ["auto", "auto:cost", "auto:balanced", "auto:quality"] and "gpt-4o-mini" in ids
+    for name in ("gpt-4o-mini", "openai/gpt-4o-mini", "auto:quality"):
+        assert (await client.models.retrieve(name)).id == name
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("openai/no-such-model")
+
+
 def fault(spec: str) -> list[dict]:
     return [{"role": "user", "content": f"[[fault:{spec}]] hello"}]
 
