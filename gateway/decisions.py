@@ -22,6 +22,8 @@ log = logging.getLogger("gateway.decisions")
 
 
 class DecisionSink(Protocol):
+    keeps_records: bool  # False: nothing is kept, so a record need not be built
+
     def append(self, record: dict[str, Any]) -> None: ...
 
     async def close(self) -> None: ...
@@ -87,6 +89,8 @@ class JsonlDecisionLog:
     gathered every `flush_interval_s` in one write (to the page cache: microseconds), so a
     request pays for one orjson call, a list append and a share of one write."""
 
+    keeps_records = True
+
     def __init__(self, path: str, max_bytes: int, backups: int, flush_interval_s: float = 0.2) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -142,6 +146,8 @@ class RedisStreamDecisionLog:
     Records go out every `flush_interval_s`, or as soon as a full batch has gathered, in one
     script call per batch: one command to encode and one reply to parse for a few hundred
     records, where a pipeline of XADDs costs the gateway both per record."""
+
+    keeps_records = True
 
     def __init__(self, redis: Any, stream: str = "gateway:decisions", max_len: int = 200_000, batch: int = 256,
                  flush_interval_s: float = 0.2) -> None:
@@ -201,6 +207,10 @@ class RedisStreamDecisionLog:
 
 
 class NullDecisionLog:
+    """decision_log.enabled: false."""
+
+    keeps_records = False
+
     def append(self, record: dict[str, Any]) -> None:
         return None
 

@@ -299,3 +299,26 @@ async def test_the_redis_stream_gets_one_json_document_per_record(caplog) -> Non
     await sink.close()
     assert sink.dropped == 1 and "too-deep" in caplog.text
     assert redis.calls == [(["gateway:decisions"], [1000, b'{"request_id":"a","n":1}', b'{"request_id":"b","n":2}'])]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_a_record_is_built_only_when_the_log_keeps_it(sim, auth, monkeypatch, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                            enabled: bool) -> None:
+    import aiohttp
+
+    from gateway.api import chat
+    from tests.servers import start_gateway
+
+    built = []
+    monkeypatch.setattr(chat, "decision_record", lambda *args: built.append(args) or {"request_id": "r"})
+    log = tmp_path / "decisions.jsonl"
+    gw = await start_gateway(sim.url, f"decision_log: {{enabled: {str(enabled).lower()}, path: {log}}}\n")
+    try:
+        async with aiohttp.ClientSession() as session:
+            request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+            async with session.post(gw.url + "/v1/chat/completions", json=request, headers=auth) as r:
+                assert r.status == 200
+    finally:
+        await gw.stop()
+    assert len(built) == (1 if enabled else 0)
+    assert log.exists() == enabled

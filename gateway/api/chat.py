@@ -65,7 +65,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         finally:
             priced(exchange)
             budget.settle(state, exchange)
-            state.decisions.append(decision_record(exchange, exchange.snapshot.policy.decision_log.include_prompt))
+            if state.decisions.keeps_records:  # building one costs more than the rest of the log's work
+                state.decisions.append(decision_record(exchange, exchange.snapshot.policy.decision_log.include_prompt))
             observe(state.telemetry, span, exchange)
 
 
