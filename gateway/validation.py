@@ -176,12 +176,13 @@ def _validate_tools(body: dict[str, Any]) -> None:
             function = tool.get("function")
             if not isinstance(function, dict):
                 raise _type_error(f"{where}.function", "an object", function)
-            if not isinstance(function.get("name"), str) or not function["name"]:
-                raise bad_request(
-                    f"Missing required parameter: '{where}.function.name'.",
-                    f"{where}.function.name",
-                    "missing_required_parameter",
-                )
+            _require_name(function, f"{where}.function")
+
+
+def _require_name(declaration: dict[str, Any], where: str) -> None:
+    """A function declaration (or choice) at `where` names its function."""
+    if not isinstance(declaration.get("name"), str) or not declaration["name"]:
+        raise bad_request(f"Missing required parameter: '{where}.name'.", f"{where}.name", "missing_required_parameter")
 
 
 def _validate_functions(body: dict[str, Any]) -> None:
@@ -194,10 +195,7 @@ def _validate_functions(body: dict[str, Any]) -> None:
     for i, function in enumerate(functions):
         if not isinstance(function, dict):
             raise _type_error(f"functions[{i}]", "an object", function)
-        if not isinstance(function.get("name"), str) or not function["name"]:
-            raise bad_request(
-                f"Missing required parameter: 'functions[{i}].name'.", f"functions[{i}].name", "missing_required_parameter"
-            )
+        _require_name(function, f"functions[{i}]")
 
 
 def _validate_function_call(body: dict[str, Any]) -> None:
@@ -216,8 +214,7 @@ def _validate_function_call(body: dict[str, Any]) -> None:
         return
     if not isinstance(call, dict):
         raise _type_error("function_call", "a string or an object", call)
-    if not isinstance(call.get("name"), str) or not call["name"]:
-        raise bad_request("Missing required parameter: 'function_call.name'.", "function_call.name", "missing_required_parameter")
+    _require_name(call, "function_call")
 
 
 def _validate_tool_choice(body: dict[str, Any]) -> None:
