@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 CHARS_PER_TOKEN = 4.0  # used only when an upstream reports no usage (a cut stream)
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):
+    """Immutable; a NamedTuple rather than a frozen dataclass, whose __init__ costs an
+    object.__setattr__ per field: a request makes one to three of these."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -37,7 +38,7 @@ class Usage:
 
 
 def from_openai(usage: Mapping[str, Any] | None) -> Usage | None:
-    if not isinstance(usage, dict):  # parsed JSON; a dict check is far cheaper than an ABC one
+    if type(usage) is not dict:  # parsed JSON; a dict check is far cheaper than an ABC one
         return None
     try:
         prompt = int(usage.get("prompt_tokens") or 0)
