@@ -3,7 +3,8 @@ body, the answer is a success or an OpenAI-shaped error, and never the 500 of a 
 
 The bodies are valid requests with one to three values replaced (by any JSON type, empty
 containers, huge numbers, odd strings), removed or added; seeded, so a failure repeats.
-(It found `"functions": 1.5` without `tools` crashing the classifier.)"""
+(It found `"functions": 1.5` without `tools` crashing the classifier.) The admin API gets
+the same treatment: random fields and values on every route."""
 
 from __future__ import annotations
 
@@ -103,3 +104,39 @@ async def test_a_mutated_body_never_gets_the_500_of_a_bug(gw: Running, auth: dic
                 assert set(error) == {"message", "type", "param", "code"}, (body, text)
     # both kinds of answer were exercised, and validation refused a fair share by name
     assert statuses.get(200, 0) > 20 and statuses.get(400, 0) > 20, statuses
+
+
+ADMIN_KEY = "admin-fuzz-key"
+ADMIN_FIELDS = ["scope", "id", "window", "limit_usd", "rpm", "tpm", "tier", "max_share", "window_s", "tenant",
+                "key_id", "team", "x"]
+ADMIN_ATOMS: list[Any] = [None, True, 0, -1, 1, 0.5, 1e308, 2**64, "", "x", "tenant", "team", "key", "route", "model",
+                          "global", "day", "month", "rolling:3600", "rolling:0", "rolling:x", "premium", "*", "a" * 3000,
+                          [], {}, [1], {"a": 1}, "NaN"]
+ADMIN_CALLS = [("GET", "/admin/caps"), ("PUT", "/admin/caps"), ("DELETE", "/admin/caps"), ("PUT", "/admin/rate-limits"),
+               ("DELETE", "/admin/rate-limits"), ("PUT", "/admin/share-quotas"), ("DELETE", "/admin/share-quotas"),
+               ("GET", "/admin/spend"), ("POST", "/admin/spend/reset"), ("POST", "/admin/keys"),
+               ("DELETE", "/admin/keys/k"), ("POST", "/admin/policy/reload"), ("GET", "/admin/breakers")]
+
+
+async def test_random_admin_calls_get_an_answer_or_an_openai_shaped_error(sim: Running) -> None:
+    from tests.servers import start_gateway
+
+    rng = random.Random(5)
+    gw = await start_gateway(sim.url, GATEWAY_ADMIN_KEY=ADMIN_KEY)
+    statuses: dict[int, int] = {}
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as session:
+            for _ in range(400):
+                method, path = rng.choice(ADMIN_CALLS)
+                fields = {rng.choice(ADMIN_FIELDS): copy.deepcopy(rng.choice(ADMIN_ATOMS)) for _ in range(rng.randint(0, 5))}
+                data = json.dumps(fields).encode() if rng.random() < 0.9 else rng.choice([b"{", b"", b"null", b"[]"])
+                params = {k: str(v)[:60] for k, v in fields.items()} if method in ("GET", "DELETE") else {}
+                async with session.request(method, gw.url + path, data=data, params=params) as r:
+                    text = await r.read()
+                statuses[r.status] = statuses.get(r.status, 0) + 1
+                assert r.status < 500, (method, path, params, data, text)
+                if r.status >= 400:
+                    assert set(orjson.loads(text)["error"]) == {"message", "type", "param", "code"}, text
+    finally:
+        await gw.stop()
+    assert statuses.get(200, 0) + statuses.get(201, 0) > 20 and statuses.get(400, 0) > 50, statuses
