@@ -17,6 +17,7 @@ from .decisions import JsonlDecisionLog, RedisStreamDecisionLog
 from .forward import AttemptHooks, AttemptRecord, Forwarder, RetryPolicy
 from .health import BreakerBoard
 from .http1 import HTTPClient
+from .http1_proxy import Proxies
 from .middleware import CATCH_ALL_PATH, MAX_BODY_BYTES, unknown_route, with_request_context
 from .providers.anthropic import AnthropicAdapter
 from .providers.base import Deployment
@@ -80,7 +81,7 @@ def create_app(config: GatewayConfig, env: Mapping[str, str] | None = None) -> w
 async def _upstream_session(app: web.Application):  # type: ignore[no-untyped-def]
     state = app[STATE]
     settings = state.config.upstream
-    http = HTTPClient(max_connections=settings.max_connections)
+    http = HTTPClient(max_connections=settings.max_connections, proxies=Proxies.from_env(state.env))
     timeouts = Timeouts(settings.connect_timeout_s, settings.first_byte_timeout_s, settings.idle_timeout_s)
     hooks = GatewayHooks(state.breakers, state.telemetry)
     state.forwarder = Forwarder(UpstreamClient(http), ADAPTERS, timeouts, RetryPolicy(), hooks)

@@ -88,6 +88,13 @@ def _serve(args: argparse.Namespace) -> int:
     except Exception as error:  # noqa: BLE001 - reported as one screen below
         _fail("the catalog or policy is invalid", str(error).splitlines())
         return 2
+    try:
+        from .http1_proxy import Proxies
+
+        Proxies.from_env(os.environ)
+    except ValueError as error:
+        _fail("the proxy settings are invalid", [str(error)])
+        return 2
     problem = _decision_log_problem(config)
     if problem:
         _fail("the decision log cannot be written", [problem, "set decision_log.path to a writable file, or decision_log.enabled: false"])

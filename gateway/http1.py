@@ -17,7 +17,9 @@ What it does and does not do, on purpose:
 - gzip / deflate bodies are inflated (we ask for identity, but a server may not listen);
 - a streamed body is buffered up to a high-water mark, then reading pauses (flow control,
   in `http1_response.py`, with the response the caller reads);
-- no redirects, cookies, proxies or HTTP/2: upstream model APIs need none of them.
+- egress through an HTTP proxy named by HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as a CONNECT
+  tunnel (`http1_proxy.py`);
+- no redirects, cookies or HTTP/2: upstream model APIs need none of them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from urllib.parse import urlsplit
 import httptools
 from multidict import CIMultiDict
 
+from .http1_proxy import Proxies, connect_through
 from .http1_response import HTTPClientError, UpstreamResponse, expire
 from .loop import running_loop
 
@@ -247,8 +250,10 @@ class HTTPClient:
     """Pools per origin, at most `max_connections` sockets open in all."""
 
     def __init__(
-        self, max_connections: int = 1000, keepalive_s: float = 15.0, ssl_context: ssl.SSLContext | None = None
+        self, max_connections: int = 1000, keepalive_s: float = 15.0, ssl_context: ssl.SSLContext | None = None,
+        proxies: Proxies | None = None,
     ) -> None:
+        self._proxies = proxies
         self._max = max_connections
         self._keepalive_s = keepalive_s
         self._pools: dict[Origin, _OriginPool] = {}
@@ -318,21 +323,27 @@ class HTTPClient:
         tls = None
         if origin.scheme == "https":
             tls = self._ssl = self._ssl or ssl.create_default_context()
+        proxy = self._proxies.proxy_for(origin) if self._proxies is not None else None
         try:
             async with asyncio.timeout(timeout_s):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(pool), origin.host, origin.port, ssl=tls,
-                    server_hostname=origin.host if tls else None,
-                )
+                if proxy is not None:
+                    conn = await connect_through(proxy, origin, tls, lambda: _Connection(pool))
+                else:
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(pool), origin.host, origin.port, ssl=tls,
+                        server_hostname=origin.host if tls else None,
+                    )
         except TimeoutError:
             raise HTTPClientError(
                 HTTPClientError.CONNECT_TIMEOUT, f"Cannot connect to the upstream within {timeout_s:.3g}s."
             ) from None
         except (OSError, ssl.SSLError) as exc:
             reason = (exc.strerror if isinstance(exc, OSError) else None) or type(exc).__name__
+            via = f" through the proxy {proxy.host}:{proxy.port}" if proxy is not None else ""
             raise HTTPClientError(
-                HTTPClientError.CONNECT, f"Cannot connect to the upstream: {origin.host}:{origin.port} ({reason})."
+                HTTPClientError.CONNECT, f"Cannot connect to the upstream: {origin.host}:{origin.port}{via} ({reason})."
             ) from None
+        assert isinstance(conn, _Connection)
         return conn
 
     def _evict_idle(self) -> bool:

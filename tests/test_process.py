@@ -137,3 +137,12 @@ def test_an_unwritable_decision_log_refuses_to_start_and_says_why(tmp_path) -> N
     assert proc.proc.returncode == 2, err
     assert "the decision log cannot be written" in err and f"decision_log.path {not_a_folder / 'decisions.jsonl'}" in err
     assert "Traceback" not in err
+
+
+def test_a_proxy_url_it_cannot_use_refuses_to_start_and_says_why() -> None:
+    proc = Process(["serve", "--port", str(free_port())], {"HTTPS_PROXY": "socks5://user:pw@proxy:1080"})
+    proc.proc.wait(timeout=20)
+    err = proc.proc.stderr.read()
+    assert proc.proc.returncode == 2, err
+    assert "the proxy settings are invalid" in err and "HTTPS_PROXY: expected an http:// proxy URL" in err
+    assert "pw@" not in err and "Traceback" not in err
