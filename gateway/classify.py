@@ -388,7 +388,8 @@ def classify(body: Mapping[str, Any], headers: Mapping[str, str], rules: Classif
         best_index = scores.index(best_score)
         intent = rules.intents[best_index] if best_score >= rules.intent_min_score else rules.default_intent
     z = slots[rules.score_slot] + rules.intent_priors.get(intent, 0.0)
-    score = 1.0 / (1.0 + math.exp(-z))
+    # (exp overflows past ~709: weights that large are a policy's, and must not fail requests)
+    score = 0.0 if z < -700.0 else 1.0 / (1.0 + math.exp(-z))
     # the highest tier whose lower bound the score reaches (a NaN score reaches none)
     tier = TIERS[0] if math.isnan(score) else TIERS[bisect_right(rules.tier_floors, score)]
 

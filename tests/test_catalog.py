@@ -157,6 +157,9 @@ CATALOG_BREAKS = [
     (model(speeed=3), "models[0]", "unknown field 'speeed'"),
     (model(provider="nowhere"), "models[0].provider", "expected one of the providers (p1), got 'nowhere'"),
     (model(max_output_tokens=9000), "models[0].max_output_tokens", "expected at most context_window (8000)"),
+    # found by fuzzing: a window this large passed, then routing's first request never returned
+    (model(context_window=1e308, max_output_tokens=10), "models[0].context_window", "<= 100000000"),
+    (model(speed=1e308), "models[0].speed", "<= 1000000"),
 ]
 
 
@@ -238,6 +241,8 @@ POLICY_BREAKS = [
      "limits.share_quotas[0].max_share", "expected a number <= 1, got 1.5"),
     ({"limits": {"failure_mode": "shrug"}}, "limits.failure_mode", "expected one of fail_open, fail_closed"),
     ({"decision_log": {"include_prompt": "no"}}, "decision_log.include_prompt", "expected a boolean"),
+    ({"limits": {"caps": [{"scope": "tenant", "id": "a", "window": "day", "limit_usd": 1e308}]}},
+     "limits.caps[0].limit_usd", "<= 1000000000"),
 ]
 
 

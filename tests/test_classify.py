@@ -269,6 +269,8 @@ def broken(edit) -> dict[str, Any]:
     (lambda r: r["risk"]["detectors"]["phone"]["requires"].pop("run"), "risk.detectors.phone.requires.run"),
     (lambda r: r["markers"].update(code_fence=[]), "markers.code_fence"),
     (lambda r: r.update(extra=1), "(root)"),
+    (lambda r: r["complexity"].update(bias=-1e308), "complexity.bias"),
+    (lambda r: r["complexity"]["features"]["rigor"].update(weight=1e6), "complexity.features.rigor.weight"),
 ])
 def test_compile_rules_names_the_broken_path(edit, path: str) -> None:
     with pytest.raises(ValueError) as info:
@@ -452,6 +454,10 @@ def test_tier_is_the_highest_bound_the_score_reaches(rules: ClassifierRules) -> 
     raw = default_raw()
     raw["complexity"]["bias"] = float("nan")
     assert classify(CASES[0][1], {}, compile_rules(raw)).tier == "trivial"
+    # the most negative bias the rules accept takes the logistic past what exp() can hold
+    raw["complexity"]["bias"] = -1000
+    c = classify(CASES[0][1], {}, compile_rules(raw))
+    assert (c.tier, c.score) == ("trivial", 0.0)
 
 
 def test_prefilter_breaking_patterns_never_match(rules: ClassifierRules) -> None:
