@@ -68,6 +68,10 @@ def with_request_context(handler: Handler) -> Handler:
             ).response({REQUEST_ID_HEADER: request_id})
         except Exception:
             log.exception("unhandled error", extra={"request_id": request_id})
+            if request.writer.output_size:
+                # The answer had begun (a stream): a second response would be written into
+                # the first one. Let aiohttp close the connection; the client sees it cut.
+                raise
             return GatewayError(
                 500,
                 f"The gateway failed to handle this request (request id {request_id}). This is a bug; it has been logged.",

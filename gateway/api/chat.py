@@ -6,6 +6,7 @@ auth -> parse+validate -> classify+plan -> attempts (ladder) -> respond -> (afte
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Mapping
 
 import orjson
@@ -38,6 +39,8 @@ from .exchange import (
     stream_usage,
 )
 from .observe import observe
+
+log = logging.getLogger("gateway")
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -193,6 +196,11 @@ async def _respond_stream(request: web.Request, state: GatewayState, ex: Exchang
         ex.outcome = "stream_broken"
         ex.usage = stream_usage(stream, ex)
         tail = _attempts_trailer(ex, attempts_in_headers) + sse(client_error(broken.error, ex).body())
+    except Exception:  # a bug of ours, after the headers went out: an explicit error event still ends the stream
+        log.exception("unhandled error mid-stream", extra={"request_id": ex.request_id})
+        ex.outcome = "internal_error"
+        tail = sse(GatewayError(500, f"The gateway failed mid-stream (request id {ex.request_id}). This is a bug; "
+                                "it has been logged.", code="internal_error", type="api_error").body())
     finally:
         if ex.usage is None:  # the client went away mid-stream: charge what was streamed
             ex.usage = stream_usage(stream, ex)
