@@ -105,39 +105,34 @@ class OpenAIStreamTranslator:
             message, code, _ = _error_fields(data)
             kind = ErrorKind.CONTEXT_LENGTH if code in _CONTEXT_CODES else ErrorKind.SERVER_ERROR
             raise UpstreamError(kind, message or "The upstream reported an error mid-stream.", provider_code=code)
-        if not _chunk_shape_ok(chunk):
-            raise UpstreamError(ErrorKind.MALFORMED_RESPONSE, "The upstream sent a stream event that is not a chat.completion.chunk.")
+        # The parts of a chunk the gateway reads must have the types the API gives them: an
+        # upstream that sends anything else is broken, and failing over beats a TypeError.
+        # (Inline, not a helper: it runs for every chunk of every stream.)
+        choices = chunk.get("choices")
+        if choices:
+            if type(choices) is not list:
+                raise _malformed_chunk()
+            for choice in choices:
+                if type(choice) is not dict:
+                    raise _malformed_chunk()
+                delta = choice.get("delta")
+                if delta:
+                    if type(delta) is not dict:
+                        raise _malformed_chunk()
+                    content = delta.get("content")
+                    if content and type(content) is not str:
+                        raise _malformed_chunk()
+                if (finish := choice.get("finish_reason")) and type(finish) is not str:
+                    raise _malformed_chunk()
+        if (usage := chunk.get("usage")) and type(usage) is not dict:
+            raise _malformed_chunk()
         if chunk.get("model") != self._model:
             chunk["model"] = self._model
         return [chunk]
 
 
-def _chunk_shape_ok(chunk: dict[str, Any]) -> bool:
-    """The parts of a chunk the gateway reads (choices, their delta's content, the finish
-    reason, usage) have the types the API gives them: an upstream that sends anything else
-    is broken, and failing over beats failing the request on a TypeError."""
-    usage = chunk.get("usage")
-    if usage is not None and type(usage) is not dict:
-        return False
-    choices = chunk.get("choices")
-    if choices is None:
-        return True
-    if type(choices) is not list:
-        return False
-    for choice in choices:
-        if type(choice) is not dict:
-            return False
-        delta = choice.get("delta")
-        if delta is not None:
-            if type(delta) is not dict:
-                return False
-            content = delta.get("content")
-            if content is not None and type(content) is not str:
-                return False
-        finish = choice.get("finish_reason")
-        if finish is not None and type(finish) is not str:
-            return False
-    return True
+def _malformed_chunk() -> UpstreamError:
+    return UpstreamError(ErrorKind.MALFORMED_RESPONSE, "The upstream sent a stream event that is not a chat.completion.chunk.")
 
 
 def _error_fields(data: bytes) -> tuple[str, str | None, str | None]:
