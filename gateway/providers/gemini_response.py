@@ -84,6 +84,14 @@ def function_call(response_id: Any, candidate: int, ordinal: int, part: Mapping[
     return tool_call(tool_call_id(response_id, candidate, ordinal, part), name, orjson.dumps(args).decode())
 
 
+def candidate_index(candidate: Mapping[str, Any], position: int) -> int:
+    """The candidate's index (its place in the list when absent): the OpenAI choice index."""
+    index = candidate.get("index", position)
+    if type(index) is not int or index < 0:
+        raise malformed("Gemini sent a candidate whose 'index' is not a non-negative integer.")
+    return index
+
+
 def candidate_parts(candidate: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     content = candidate.get("content")
     if content is None:
@@ -116,7 +124,7 @@ def parse_generate_response(data: bytes, model: str) -> dict[str, Any]:
     for position, candidate in enumerate(candidates):
         if not isinstance(candidate, Mapping):
             raise malformed("The Gemini response has a candidate that is not an object.")
-        index = candidate.get("index", position)
+        index = candidate_index(candidate, position)
         texts, calls = [], []
         for part in candidate_parts(candidate):
             if part.get("thought"):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .gemini_response import (
+    candidate_index,
     candidate_parts,
     check_prompt_blocked,
     error_from_body,
@@ -60,7 +61,7 @@ class GeminiStreamTranslator:
         for position, candidate in enumerate(candidates):
             if not isinstance(candidate, dict):
                 raise malformed("Gemini sent a candidate that is not an object.")
-            out.extend(self._candidate(self._chunks, candidate.get("index", position), candidate))
+            out.extend(self._candidate(self._chunks, candidate_index(candidate, position), candidate))
         if self._candidates and all(state.finished for state in self._candidates.values()):
             self.done = True
             if self._include_usage and self.usage is not None:
