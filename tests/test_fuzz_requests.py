@@ -11,12 +11,13 @@ from __future__ import annotations
 import copy
 import json
 import random
-from typing import Any, Iterator
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
+from tests import mutation
 from tests.servers import Running
 
 ATOMS: list[Any] = [
@@ -50,30 +51,15 @@ BASES: list[dict[str, Any]] = [
 ]
 
 
-def random_value(rng: random.Random, depth: int = 0) -> Any:
-    roll = rng.random()
-    if depth > 2 or roll < 0.6:
-        return copy.deepcopy(rng.choice(ATOMS))
-    if roll < 0.8:
-        return [random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
-    return {rng.choice(KEYS): random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))}
-
-
-def places(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    if path:
-        yield path
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        yield from places(item, path + (key,))
+def random_value(rng: random.Random) -> Any:
+    return mutation.random_value(rng, ATOMS, KEYS)
 
 
 def mutated(rng: random.Random) -> dict[str, Any]:
     body = copy.deepcopy(rng.choice(BASES))
     for _ in range(rng.randint(1, 3)):
-        path = rng.choice(list(places(body)))
-        parent = body
-        for step in path[:-1]:
-            parent = parent[step]
+        path = rng.choice(list(mutation.places(body)))
+        parent = mutation.parent_of(body, path)
         roll = rng.random()
         if roll < 0.7:
             parent[path[-1]] = random_value(rng)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from tests import mutation
 from tests.servers import Running, start_app, start_gateway
 
 ATOMS: list[Any] = [None, True, 0, -1, 1.5, "", "x", "end_turn", "STOP", "SAFETY", "tool_use", "text_delta",
@@ -24,33 +25,14 @@ KEYS = ["type", "text", "delta", "index", "content", "parts", "candidates", "cho
         "functionCall", "args", "tool_calls", "arguments"]
 
 
-def random_value(rng: random.Random, depth: int = 0) -> Any:
-    roll = rng.random()
-    if depth > 2 or roll < 0.6:
-        return json.loads(json.dumps(rng.choice(ATOMS)))
-    if roll < 0.8:
-        return [random_value(rng, depth + 1) for _ in range(rng.randint(0, 2))]
-    return {rng.choice(KEYS): random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))}
-
-
-def places(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    if path:
-        yield path
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        yield from places(item, path + (key,))
-
-
 def mutated(rng: random.Random, doc: Any) -> Any:
-    paths = list(places(doc))
+    paths = list(mutation.places(doc))
     if not paths:
-        return random_value(rng)
+        return mutation.random_value(rng, ATOMS, KEYS)
     path = rng.choice(paths)
-    parent = doc
-    for step in path[:-1]:
-        parent = parent[step]
+    parent = mutation.parent_of(doc, path)
     if rng.random() < 0.8:
-        parent[path[-1]] = random_value(rng)
+        parent[path[-1]] = mutation.random_value(rng, ATOMS, KEYS)
     else:
         del parent[path[-1]]
     return doc

@@ -391,6 +391,7 @@ def test_parse_partial_answer_stopped_by_safety_keeps_its_text() -> None:
         b'{"candidates": [{"content": {"parts": [{"functionCall": {"args": {}}}]}}]}',
         b'{"candidates": [{"index": {"a": 1}, "content": {"parts": [{"text": "hi"}]}}]}',
         b'{"candidates": [{"index": -1, "content": {"parts": [{"text": "hi"}]}}]}',
+        b'{"candidates": [{"finishReason": {"a": 1}, "content": {"parts": [{"text": "hi"}]}}]}',
     ],
 )
 def test_parse_malformed_response(data: bytes) -> None:
@@ -533,7 +534,8 @@ def test_stream_cut_before_finish_is_not_done() -> None:
 
 @pytest.mark.parametrize("data", [b"{oops", b"[]", b'{"candidates": {}}', b'{"candidates": [{"content": {"parts": [1]}}]}',
                                   b'{"candidates": [{"index": {"a": 1}, "content": {"parts": [{"text": "hi"}]}}]}',
-                                  b'{"candidates": [{"index": true, "content": {"parts": [{"text": "hi"}]}}]}'])
+                                  b'{"candidates": [{"index": true, "content": {"parts": [{"text": "hi"}]}}]}',
+                                  b'{"candidates": [{"finishReason": ["STOP"], "content": {"parts": [{"text": "hi"}]}}]}'])
 def test_stream_malformed_events(data: bytes) -> None:
     translator = adapter.stream_translator(deployment(), {"messages": [user("x")]})
     with pytest.raises(UpstreamError) as caught:

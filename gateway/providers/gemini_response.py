@@ -46,6 +46,8 @@ _KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED", "API_KEY
 
 
 def finish_reason(reason: Any, *, has_tool_calls: bool) -> str:
+    if reason is not None and type(reason) is not str:
+        raise malformed("Gemini sent a 'finishReason' that is not a string.")
     if reason == "MAX_TOKENS":
         return "length"
     if reason in _CONTENT_FILTER_REASONS:
