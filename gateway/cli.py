@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import tempfile
@@ -88,16 +89,9 @@ def _serve(args: argparse.Namespace) -> int:
     except Exception as error:  # noqa: BLE001 - reported as one screen below
         _fail("the catalog or policy is invalid", str(error).splitlines())
         return 2
-    try:
-        from .http1_proxy import Proxies
-
-        Proxies.from_env(os.environ)
-    except ValueError as error:
-        _fail("the proxy settings are invalid", [str(error)])
-        return 2
-    problem = _decision_log_problem(config)
-    if problem:
-        _fail("the decision log cannot be written", [problem, "set decision_log.path to a writable file, or decision_log.enabled: false"])
+    problems = _environment_problems(config, create=True)
+    if problems:
+        _fail("the gateway cannot start here", problems)
         return 2
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
@@ -107,17 +101,45 @@ def _serve(args: argparse.Namespace) -> int:
     return run(lambda: create_app(config), host, port, workers, config.server.shutdown_timeout_s)
 
 
-def _decision_log_problem(config: GatewayConfig) -> str | None:
+def _environment_problems(config: GatewayConfig, *, create: bool) -> list[str]:
+    """What would stop a valid config from serving on this machine: found before binding
+    (and by `gateway check`, which creates nothing), not as a traceback in every worker."""
+    from .http1_proxy import Proxies
+
+    problems = []
+    try:
+        Proxies.from_env(os.environ)
+    except ValueError as error:
+        problems.append(str(error))
+    problem = _decision_log_problem(config, create)
+    if problem:
+        problems += [problem, "set decision_log.path to a writable file, or decision_log.enabled: false"]
+    return problems
+
+
+def _decision_log_problem(config: GatewayConfig, create: bool) -> str | None:
     """Why the JSONL decision log cannot be opened for appending (None when it can, or when
-    it is off or goes to Redis): found before binding, not as a traceback in every worker."""
+    it is off or goes to Redis). With `create`, by creating it; else from what exists."""
     settings = config.decision_log
     if not settings.enabled or config.redis_url:
         return None
     path = os.path.abspath(settings.path)
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "ab"):
-            pass
+        if create:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "ab"):
+                pass
+        elif os.path.exists(path):
+            if not os.path.isfile(path) or not os.access(path, os.W_OK):
+                raise PermissionError(errno.EACCES, "not a writable file")
+        else:
+            folder = os.path.dirname(path)
+            while not os.path.exists(folder):
+                folder = os.path.dirname(folder)
+            if not os.path.isdir(folder):
+                raise NotADirectoryError(errno.ENOTDIR, "a file stands where a folder should be")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "cannot create it")
     except OSError as error:
         return f"decision_log.path {settings.path} ({path}): {error.strerror or type(error).__name__}"
     return None
@@ -130,7 +152,7 @@ def _check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     catalog_path = config.catalog_path or str(default_catalog_path())
     policy_path = config.policy_path or str(default_policy_path())
-    problems = check(catalog_path, policy_path)
+    problems = check(catalog_path, policy_path) + _environment_problems(config, create=False)
     if problems:
         _fail("check failed", problems)
         return 1

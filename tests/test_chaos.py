@@ -449,8 +449,12 @@ async def test_unreachable_provider_fails_over(
         reply = await chat(gw, request(PRIMARY[api], prompt, stream=stream))
         assert_within_deadline(reply)
         assert reply.status == 200
-        expected = [Attempt(key(api), outcome), Attempt(key(api), outcome), Attempt(plan[1], "ok")]
-        assert reply.attempts == expected, reply.attempts
+        # Two tries on the dead address, then the next candidate. A refused connect can still
+        # be reported as a timeout when the loop is busier than the 0.1 s connect timeout
+        # (six cells at once on a loaded machine): both mean "could not connect".
+        could_not_connect = {outcome, "timeout"}
+        assert [a.key for a in reply.attempts] == [key(api), key(api), plan[1]], reply.attempts
+        assert {a.outcome for a in reply.attempts[:2]} <= could_not_connect and reply.attempts[2].outcome == "ok", reply.attempts
         assert reply.headers["x-gateway-degraded"] == "fallback"
         if stream:
             assert_clean_stream(reply, full_answer(prompt))

@@ -131,18 +131,21 @@ def test_an_unwritable_decision_log_refuses_to_start_and_says_why(tmp_path) -> N
     not_a_folder.write_text("")
     config = tmp_path / "gateway.yaml"
     config.write_text(f"decision_log: {{path: {not_a_folder / 'decisions.jsonl'}}}\n")
-    proc = Process(["serve", "--config", str(config), "--port", str(free_port())], {})
-    proc.proc.wait(timeout=20)
-    err = proc.proc.stderr.read()
-    assert proc.proc.returncode == 2, err
-    assert "the decision log cannot be written" in err and f"decision_log.path {not_a_folder / 'decisions.jsonl'}" in err
-    assert "Traceback" not in err
+    for args, code in ((["serve", "--config", str(config), "--port", str(free_port())], 2),
+                       (["check", "--config", str(config)], 1)):  # check finds it too, without starting
+        proc = Process(args, {})
+        proc.proc.wait(timeout=20)
+        err = proc.proc.stderr.read()
+        assert proc.proc.returncode == code, err
+        assert f"decision_log.path {not_a_folder / 'decisions.jsonl'}" in err and "writable file" in err
+        assert "Traceback" not in err
 
 
 def test_a_proxy_url_it_cannot_use_refuses_to_start_and_says_why() -> None:
-    proc = Process(["serve", "--port", str(free_port())], {"HTTPS_PROXY": "socks5://user:pw@proxy:1080"})
-    proc.proc.wait(timeout=20)
-    err = proc.proc.stderr.read()
-    assert proc.proc.returncode == 2, err
-    assert "the proxy settings are invalid" in err and "HTTPS_PROXY: expected an http:// proxy URL" in err
-    assert "pw@" not in err and "Traceback" not in err
+    for args, code in ((["serve", "--port", str(free_port())], 2), (["check"], 1)):
+        proc = Process(args, {"HTTPS_PROXY": "socks5://user:pw@proxy:1080"})
+        proc.proc.wait(timeout=20)
+        err = proc.proc.stderr.read()
+        assert proc.proc.returncode == code, err
+        assert "HTTPS_PROXY: expected an http:// proxy URL" in err
+        assert "pw@" not in err and "Traceback" not in err
