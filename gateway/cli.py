@@ -80,14 +80,11 @@ def _serve(args: argparse.Namespace) -> int:
         # Before prometheus_client is imported: workers then share their numbers via files.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
     from .app import create_app
-    from .runtime import build_snapshot
+    from .offline import load_snapshot
     from .server import configure_logging, run
 
     configure_logging(args.log_level)
-    try:
-        build_snapshot(config, os.environ)  # fail before binding, not in every worker
-    except Exception as error:  # noqa: BLE001 - reported as one screen below
-        _fail("the catalog or policy is invalid", str(error).splitlines())
+    if load_snapshot(config, _fail) is None:  # fail before binding, not in every worker
         return 2
     problems = _environment_problems(config, create=True)
     if problems:

@@ -25,7 +25,7 @@ Fail = Callable[[str, Sequence[str]], None]
 
 
 def route_command(args: argparse.Namespace, config: GatewayConfig, fail: Fail) -> int:
-    snapshot = _snapshot(config, fail)
+    snapshot = load_snapshot(config, fail)
     if snapshot is None:
         return 2
     headers: dict[str, str] = {}
@@ -56,7 +56,7 @@ def replay_command(args: argparse.Namespace, config: GatewayConfig, fail: Fail) 
     proposed = dataclasses.replace(
         config, catalog_path=args.catalog or config.catalog_path, policy_path=args.policy or config.policy_path
     )
-    snapshot = _snapshot(proposed, fail)
+    snapshot = load_snapshot(proposed, fail)
     if snapshot is None:
         return 2
     if args.changes < 0:
@@ -84,10 +84,11 @@ def replay_command(args: argparse.Namespace, config: GatewayConfig, fail: Fail) 
     return 0
 
 
-def _snapshot(config: GatewayConfig, fail: Fail) -> RoutingSnapshot | None:
+def load_snapshot(config: GatewayConfig, fail: Fail) -> RoutingSnapshot | None:
+    """The config's catalog and policy, built; None (said through `fail`) when they are broken."""
     try:
         return build_snapshot(config, os.environ)
-    except Exception as error:  # noqa: BLE001 - reported as one screen, as `gateway serve` does
+    except Exception as error:  # noqa: BLE001 - reported as one screen
         fail("the catalog or policy is invalid", str(error).splitlines())
         return None
 
